@@ -1,0 +1,3 @@
+//! File systems written into partition images.
+
+pub mod esp;
