@@ -1,0 +1,709 @@
+//! `appliance.toml`: typed configuration with defaults.
+//!
+//! Parsing is strict: an unknown key or a bad value is an error that names the file, the line and
+//! the key, and says how to fix it. `--set key=value` overrides are applied on top of the file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The whole appliance description.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub image: Image,
+    #[serde(default)]
+    pub debian: Debian,
+    #[serde(default)]
+    pub jitsi: Jitsi,
+    /// Extra apt repositories, each with a keyring pinned by fingerprint.
+    #[serde(default)]
+    pub repositories: Vec<Repository>,
+    #[serde(default)]
+    pub packages: Packages,
+    #[serde(default)]
+    pub overlays: Overlays,
+    #[serde(default)]
+    pub boot: Boot,
+    #[serde(default)]
+    pub root: Root,
+    #[serde(default)]
+    pub data: Data,
+    #[serde(default)]
+    pub firstboot: FirstBoot,
+
+    /// Directory the configuration was read from; relative paths are resolved against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// SHA-256 of the effective configuration (after overrides), for the manifest and caches.
+    #[serde(skip)]
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Base name of the output files: `out/<name>.raw`.
+    pub name: String,
+    #[serde(default)]
+    pub arch: Arch,
+    /// Output formats written to the output directory.
+    #[serde(default = "default_formats")]
+    pub formats: Vec<Format>,
+    /// Reproducible timestamps (seconds since 1970) for files in the image.
+    #[serde(default = "default_source_date_epoch")]
+    pub source_date_epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    #[default]
+    #[serde(rename = "x86_64", alias = "amd64")]
+    X86_64,
+    #[serde(rename = "arm64", alias = "aarch64")]
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's name for the architecture.
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+    /// The UEFI removable-media boot file name.
+    pub fn efi_boot_file(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "BOOTX64.EFI",
+            Arch::Arm64 => "BOOTAA64.EFI",
+        }
+    }
+    /// systemd-boot's file name for this architecture.
+    pub fn systemd_boot_file(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "systemd-bootx64.efi",
+            Arch::Arm64 => "systemd-bootaa64.efi",
+        }
+    }
+    pub fn serial_console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ttyS0",
+            Arch::Arm64 => "ttyAMA0",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Arm64 => "arm64",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Format {
+    #[serde(rename = "raw")]
+    Raw,
+    #[serde(rename = "raw.zst")]
+    RawZst,
+}
+
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::RawZst => "raw.zst",
+        }
+    }
+}
+
+fn default_formats() -> Vec<Format> {
+    vec![Format::Raw, Format::RawZst]
+}
+
+fn default_source_date_epoch() -> u64 {
+    // 2026-01-01T00:00:00Z: any fixed value makes builds repeatable.
+    1_767_225_600
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Debian {
+    pub suite: String,
+    pub mirror: String,
+    pub components: Vec<String>,
+    /// Also use `<suite>-security` from `security_mirror`.
+    pub security: bool,
+    pub security_mirror: String,
+    /// Also use `<suite>-updates` from the mirror.
+    pub updates: bool,
+}
+
+impl Default for Debian {
+    fn default() -> Self {
+        Debian {
+            suite: "bookworm".into(),
+            mirror: "http://deb.debian.org/debian".into(),
+            components: vec!["main".into()],
+            security: true,
+            security_mirror: "http://deb.debian.org/debian-security".into(),
+            updates: true,
+        }
+    }
+}
+
+/// Jitsi Meet's own packages. Debian's prosody, nginx, coturn and OpenJDK are installed either
+/// way; `enabled = false` builds the same appliance without Jitsi's repository.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Jitsi {
+    pub enabled: bool,
+    /// Where Jitsi's packages come from: its apt repository...
+    pub repository: Option<Repository>,
+    /// ...or, for offline builds, a directory of `.deb` files (used instead of the repository).
+    pub debs: Option<PathBuf>,
+    pub packages: Vec<String>,
+}
+
+impl Default for Jitsi {
+    fn default() -> Self {
+        Jitsi {
+            enabled: false,
+            repository: None,
+            debs: None,
+            packages: Vec::new(),
+        }
+    }
+}
+
+/// An apt repository signed by a key whose fingerprint is pinned in the configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    /// Short name, used for file names (`<name>.gpg`, `<name>.sources`).
+    pub name: String,
+    pub uri: String,
+    /// A suite such as `bookworm`, or a flat repository path ending in `/` such as `stable/`.
+    pub suite: String,
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// The signing key: a file (relative to appliance.toml) ...
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// ... or an https URL it is downloaded from.
+    #[serde(default)]
+    pub key_url: Option<String>,
+    /// The signing key's full fingerprint (40 hex digits, spaces allowed).
+    pub fingerprint: String,
+    /// Packages installed from this repository.
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Packages {
+    /// The kernel package; empty picks Debian's cloud kernel for the architecture.
+    pub kernel: String,
+    /// Packages installed on top of the base system.
+    pub include: Vec<String>,
+    /// A directory of `.deb` files installed as well (with their dependencies from the mirror).
+    pub local_debs: Option<PathBuf>,
+    /// Where downloaded `.deb` files are kept between builds.
+    pub cache_dir: PathBuf,
+}
+
+impl Default for Packages {
+    fn default() -> Self {
+        Packages {
+            kernel: String::new(),
+            include: Vec::new(),
+            local_debs: None,
+            cache_dir: PathBuf::from("build/cache"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Overlays {
+    /// Directories laid over the root file system in order; `*.j2` files are rendered.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Default for Overlays {
+    fn default() -> Self {
+        Overlays {
+            dirs: vec![PathBuf::from("overlays/base")],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Boot {
+    pub uefi: bool,
+    pub bios: bool,
+    /// Seconds the boot menu waits (0: boot at once; a key press still shows the menu).
+    pub timeout: u32,
+    /// Extra kernel command-line arguments.
+    pub cmdline: Vec<String>,
+    /// Size of the EFI system partition.
+    pub esp_size: Size,
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Boot {
+            uefi: true,
+            bios: true,
+            timeout: 0,
+            cmdline: Vec::new(),
+            esp_size: Size(256 << 20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Root {
+    /// Only `squashfs` is supported.
+    pub filesystem: String,
+    /// Protect the root with dm-verity (strongly recommended).
+    pub verity: bool,
+    /// squashfs compressor: zstd, xz, gzip or lz4.
+    pub compression: String,
+    /// Size reserved for each root slot. Two slots are laid out (A and B) so a later update can
+    /// write the next version beside the running one.
+    pub slot_size: Size,
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Root {
+            filesystem: "squashfs".into(),
+            verity: true,
+            compression: "zstd".into(),
+            slot_size: Size(1 << 30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Data {
+    /// Size of the data partition in the image; it grows to fill the disk on first boot.
+    pub size: Size,
+    /// Partition label, used to find it at boot (`PARTLABEL=`).
+    pub label: String,
+}
+
+impl Default for Data {
+    fn default() -> Self {
+        Data {
+            size: Size(256 << 20),
+            label: "data".into(),
+        }
+    }
+}
+
+/// Answers for the first-boot setup, baked in at build time (optional).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirstBoot {
+    /// SSH public keys allowed to log in as the administrator.
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+/// A byte size written as an integer or a string such as `"512M"`, `"2G"`, `"4GiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub fn parse(text: &str) -> std::result::Result<Size, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{text}` is not a size; write e.g. \"512M\" or \"2G\""))?;
+        let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+            "" | "B" => 1,
+            "K" | "KB" | "KIB" => 1 << 10,
+            "M" | "MB" | "MIB" => 1 << 20,
+            "G" | "GB" | "GIB" => 1 << 30,
+            "T" | "TB" | "TIB" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` in `{text}`; use K, M, G or T (powers of 1024)"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(Size)
+            .ok_or_else(|| format!("`{text}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Text(s) => Size::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        if n >= 1 << 30 && n % (1 << 30) == 0 {
+            write!(f, "{}G", n >> 30)
+        } else if n >= 1 << 20 && n % (1 << 20) == 0 {
+            write!(f, "{}M", n >> 20)
+        } else {
+            write!(f, "{n}")
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `overrides` (`key=value`, dotted keys), and checks the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read {}; run from the directory holding appliance.toml or pass --config",
+                path.display()
+            )
+        })?;
+        let base_dir = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Self::from_str_with(&text, &path.display().to_string(), base_dir, overrides)
+    }
+
+    /// Parses configuration text; `origin` names it in error messages.
+    pub fn from_str_with(
+        text: &str,
+        origin: &str,
+        base_dir: PathBuf,
+        overrides: &[String],
+    ) -> Result<Config> {
+        // Parse the file alone first so that errors point at its lines.
+        let mut config: Config = toml::from_str(text).map_err(|e| describe_toml_error(origin, &e))?;
+        if !overrides.is_empty() {
+            let mut table: toml::Table =
+                toml::from_str(text).map_err(|e| describe_toml_error(origin, &e))?;
+            for item in overrides {
+                apply_override(&mut table, item)?;
+            }
+            let merged = toml::to_string(&table).context("re-serialising the configuration")?;
+            config = toml::from_str(&merged).map_err(|e| {
+                anyhow::anyhow!(
+                    "the --set overrides make the configuration invalid: {}",
+                    e.message()
+                )
+            })?;
+        }
+        config.base_dir = base_dir;
+        config.validate(origin)?;
+        let canonical = toml::to_string(&config).context("serialising the configuration")?;
+        config.hash = hex::encode(Sha256::digest(canonical.as_bytes()));
+        Ok(config)
+    }
+
+    /// Resolves a path from the configuration against the configuration's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The kernel package to install.
+    pub fn kernel_package(&self) -> String {
+        if !self.packages.kernel.is_empty() {
+            return self.packages.kernel.clone();
+        }
+        format!("linux-image-cloud-{}", self.image.arch.debian())
+    }
+
+    /// Repositories in use: the extra ones, plus Jitsi's when enabled and not built offline.
+    pub fn active_repositories(&self) -> Vec<&Repository> {
+        let mut repos: Vec<&Repository> = self.repositories.iter().collect();
+        if self.jitsi.enabled && self.jitsi.debs.is_none() {
+            if let Some(r) = &self.jitsi.repository {
+                repos.push(r);
+            }
+        }
+        repos
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        let name_ok = !self.image.name.is_empty()
+            && self
+                .image
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            bail!(
+                "{origin}: [image] name = {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
+                self.image.name
+            );
+        }
+        if self.image.formats.is_empty() {
+            bail!("{origin}: [image] formats is empty; list at least \"raw\"");
+        }
+        if self.root.filesystem != "squashfs" {
+            bail!(
+                "{origin}: [root] filesystem = {:?} is not supported; use \"squashfs\"",
+                self.root.filesystem
+            );
+        }
+        if !["zstd", "xz", "gzip", "lz4"].contains(&self.root.compression.as_str()) {
+            bail!(
+                "{origin}: [root] compression = {:?}; use zstd, xz, gzip or lz4",
+                self.root.compression
+            );
+        }
+        if !self.boot.uefi && !self.boot.bios {
+            bail!("{origin}: [boot] uefi and bios are both false; enable at least one");
+        }
+        if self.boot.bios && self.image.arch != Arch::X86_64 {
+            bail!(
+                "{origin}: [boot] bios = true needs arch = \"x86_64\"; set bios = false for {}",
+                self.image.arch
+            );
+        }
+        if self.boot.esp_size.0 < 64 << 20 {
+            bail!(
+                "{origin}: [boot] esp_size = {} is too small; FAT32 needs at least \"64M\"",
+                self.boot.esp_size
+            );
+        }
+        if self.data.size.0 < 32 << 20 {
+            bail!(
+                "{origin}: [data] size = {} is too small; use at least \"32M\"",
+                self.data.size
+            );
+        }
+        if self.data.label.is_empty() || self.data.label.len() > 36 {
+            bail!("{origin}: [data] label must be 1 to 36 characters");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let jitsi_repo = self.jitsi.repository.iter().map(|r| ("[jitsi.repository]", r));
+        let extra = self.repositories.iter().map(|r| ("[[repositories]]", r));
+        for (section, repo) in extra.chain(jitsi_repo) {
+            if !names.insert(repo.name.clone()) {
+                bail!("{origin}: two repositories are named {:?}; names must differ", repo.name);
+            }
+            if repo.key.is_none() == repo.key_url.is_none() {
+                bail!(
+                    "{origin}: {section} {:?} needs exactly one of `key` (a file) or `key_url`",
+                    repo.name
+                );
+            }
+            normalize_fingerprint(&repo.fingerprint).with_context(|| {
+                format!("{origin}: {section} {:?}: bad `fingerprint`", repo.name)
+            })?;
+            if !repo.suite.ends_with('/') && repo.components.is_empty() {
+                bail!(
+                    "{origin}: {section} {:?} has suite {:?} but no components; add components = [\"main\"] or end a flat suite with '/'",
+                    repo.name, repo.suite
+                );
+            }
+        }
+        if self.jitsi.enabled
+            && self.jitsi.repository.is_none()
+            && self.jitsi.debs.is_none()
+        {
+            bail!("{origin}: [jitsi] enabled = true needs `repository` or `debs` (a directory of .deb files)");
+        }
+        Ok(())
+    }
+}
+
+/// Upper-case hex without spaces; errors unless it is a full 40-digit (v4) or 64-digit (v5) fingerprint.
+pub fn normalize_fingerprint(text: &str) -> Result<String> {
+    let fp: String = text
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    if !(fp.len() == 40 || fp.len() == 64) || !fp.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("{text:?} is not a full key fingerprint (40 hex digits); a short key id is not enough");
+    }
+    Ok(fp)
+}
+
+fn describe_toml_error(origin: &str, e: &toml::de::Error) -> anyhow::Error {
+    let mut msg = format!("{origin}: {}", e.message());
+    if let Some(span) = e.span() {
+        // Turn the byte span into a line number a person can jump to.
+        if let Some(input) = e.input() {
+            let line = input[..span.start.min(input.len())].lines().count().max(1);
+            let line = if input[..span.start.min(input.len())].ends_with('\n') {
+                line + 1
+            } else {
+                line
+            };
+            let snippet = &input[span.start.min(input.len())..span.end.min(input.len())];
+            msg = format!("{origin}, line {line}, at `{snippet}`: {}", e.message());
+        }
+    }
+    if e.message().contains("unknown field") {
+        msg.push_str("\nhint: check the spelling; `appliance build --help` and docs/configuration.md list every key");
+    }
+    anyhow::anyhow!(msg)
+}
+
+/// Applies one `a.b.c=value` override. The value is read as TOML (`true`, `3`, `"x"`, `["a"]`)
+/// and taken as a plain string when it is not valid TOML.
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+    let Some((key, raw)) = item.split_once('=') else {
+        bail!("--set {item:?}: expected key=value, for example --set jitsi.enabled=false");
+    };
+    let key = key.trim();
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("--set {item:?}: the key {key:?} has an empty part");
+    }
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.trim().to_string()),
+    };
+    let (last, parents) = parts.split_last().expect("split on '.' yields at least one part");
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!("--set {item:?}: `{p}` is not a table"),
+        };
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[image]\nname = \"demo\"\n";
+
+    fn parse(text: &str, overrides: &[&str]) -> Result<Config> {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Config::from_str_with(text, "appliance.toml", PathBuf::from("."), &o)
+    }
+
+    #[test]
+    fn defaults_fill_a_minimal_file() {
+        let c = parse(MINIMAL, &[]).unwrap();
+        assert_eq!(c.image.arch, Arch::X86_64);
+        assert_eq!(c.debian.suite, "bookworm");
+        assert!(c.boot.uefi && c.boot.bios && c.root.verity);
+        assert_eq!(c.kernel_package(), "linux-image-cloud-amd64");
+        assert_eq!(c.image.formats, vec![Format::Raw, Format::RawZst]);
+        assert_eq!(c.hash.len(), 64);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = parse("[image]\nname = \"demo\"\n\n[boot]\nuefii = true\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 5"), "{err}");
+        assert!(err.contains("uefii"), "{err}");
+        assert!(err.contains("hint"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_line() {
+        let err = parse("[image]\nname = \"demo\"\narch = \"sparc\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("sparc"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse_and_reject() {
+        assert_eq!(Size::parse("512M").unwrap().0, 512 << 20);
+        assert_eq!(Size::parse("2GiB").unwrap().0, 2 << 30);
+        assert_eq!(Size::parse("4096").unwrap().0, 4096);
+        assert!(Size::parse("2 parsecs").is_err());
+        let err = parse("[image]\nname = \"d\"\n[data]\nsize = \"lots\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4") && err.contains("not a size"), "{err}");
+    }
+
+    #[test]
+    fn overrides_apply_and_are_checked() {
+        let c = parse(MINIMAL, &["boot.bios=false", "data.size=\"1G\"", "image.name=other"]).unwrap();
+        assert!(!c.boot.bios);
+        assert_eq!(c.data.size.0, 1 << 30);
+        assert_eq!(c.image.name, "other");
+        let base = parse(MINIMAL, &[]).unwrap();
+        assert_ne!(base.hash, c.hash, "overrides must change the config hash");
+        let err = parse(MINIMAL, &["boot.bois=false"]).unwrap_err().to_string();
+        assert!(err.contains("bois"), "{err}");
+        assert!(parse(MINIMAL, &["nonsense"]).is_err());
+    }
+
+    #[test]
+    fn inconsistent_settings_are_refused() {
+        let err = parse(MINIMAL, &["image.arch=\"arm64\""]).unwrap_err().to_string();
+        assert!(err.contains("bios"), "{err}");
+        assert!(parse(MINIMAL, &["image.arch=\"arm64\"", "boot.bios=false"]).is_ok());
+        let err = parse(MINIMAL, &["jitsi.enabled=true"]).unwrap_err().to_string();
+        assert!(err.contains("debs"), "{err}");
+    }
+
+    #[test]
+    fn repository_needs_full_fingerprint_and_one_key_source() {
+        let repo = |fp: &str, key: &str| {
+            format!(
+                "{MINIMAL}[[repositories]]\nname = \"r\"\nuri = \"https://x\"\nsuite = \"stable/\"\nfingerprint = \"{fp}\"\n{key}\n"
+            )
+        };
+        let full = "FFD6 5A0D A2BE BDEB 73D4 4C8B B4D2 D216 F1FD 7806";
+        assert!(parse(&repo(full, "key = \"k.gpg\""), &[]).is_ok());
+        let err = parse(&repo("B4D2D216F1FD7806", "key = \"k.gpg\""), &[])
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("short key id"), "{err:#}");
+        assert!(parse(&repo(full, ""), &[]).is_err());
+        assert_eq!(
+            normalize_fingerprint(full).unwrap(),
+            "FFD65A0DA2BEBDEB73D44C8BB4D2D216F1FD7806"
+        );
+    }
+
+    #[test]
+    fn default_appliance_toml_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance.toml");
+        let c = Config::load(&path, &[]).unwrap();
+        assert!(c.jitsi.enabled, "the default appliance includes Jitsi");
+        let without = Config::load(&path, &["jitsi.enabled=false".into()]).unwrap();
+        assert!(without.active_repositories().iter().all(|r| r.name != "jitsi"));
+    }
+}

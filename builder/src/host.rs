@@ -1,0 +1,133 @@
+//! Running the host tools the build relies on (mmdebstrap, mksquashfs, gpg, ...) with errors
+//! that say which tool failed, how, and what to do about it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Runs `cmd` to completion, capturing output; fails with the tail of stderr.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let program = program_name(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| spawn_error(&program, e))?;
+    if !out.status.success() {
+        bail!(
+            "{program} failed ({}):\n{}",
+            out.status,
+            tail(&String::from_utf8_lossy(&out.stderr), 30)
+        );
+    }
+    Ok(out)
+}
+
+/// Runs `cmd` with stdout and stderr appended to `log`, calling `on_line` for each line of
+/// output (for progress). On failure the error quotes the last lines of the log.
+pub fn run_logged(cmd: &mut Command, log: &Path, mut on_line: impl FnMut(&str)) -> Result<()> {
+    let program = program_name(cmd);
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot write the log {}", log.display()))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| spawn_error(&program, e))?;
+    // Merge both streams line by line into the log; stderr is read on a thread so neither pipe
+    // can fill up and block the child.
+    let stderr = child.stderr.take().context("child stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let tx2 = tx.clone();
+    let t_err = std::thread::spawn(move || forward_lines(stderr, tx2));
+    let stdout = child.stdout.take().context("child stdout")?;
+    let t_out = std::thread::spawn(move || forward_lines(stdout, tx));
+    let mut writer = std::io::LineWriter::new(log_file);
+    let mut last: std::collections::VecDeque<String> = Default::default();
+    for line in rx {
+        use std::io::Write;
+        let _ = writeln!(writer, "{line}");
+        on_line(&line);
+        if last.len() == 40 {
+            last.pop_front();
+        }
+        last.push_back(line);
+    }
+    let _ = t_err.join();
+    let _ = t_out.join();
+    let status = child.wait().with_context(|| format!("waiting for {program}"))?;
+    if !status.success() {
+        let lines: Vec<String> = last.into_iter().collect();
+        bail!(
+            "{program} failed ({status}); last lines of {}:\n{}",
+            log.display(),
+            lines.join("\n")
+        );
+    }
+    Ok(())
+}
+
+fn forward_lines(r: impl Read, tx: std::sync::mpsc::Sender<String>) {
+    for line in BufReader::new(r).split(b'\n').map_while(|l| l.ok()) {
+        if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+            break;
+        }
+    }
+}
+
+/// Whether `program` can be found on PATH (or is an existing absolute path).
+pub fn has_program(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).exists();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    // Root's PATH usually has the sbin directories; a user's may not, so look there as well.
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].iter().map(Into::into))
+        .any(|dir| dir.join(program).is_file())
+}
+
+/// The full path of `program`, searching sbin directories too.
+pub fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].iter().map(Into::into))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+fn program_name(cmd: &Command) -> String {
+    cmd.get_program().to_string_lossy().into_owned()
+}
+
+fn spawn_error(program: &str, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        anyhow!("{program} is not installed; run `appliance doctor --install` (as root) to install the host tools")
+    } else {
+        anyhow!("cannot start {program}: {e}")
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Whether the process runs as root (mmdebstrap's root mode, loop-free disk writes as root).
+pub fn is_root() -> bool {
+    // SAFETY-free check: /proc/self/status has the real and effective uid.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,337 @@
+//! The root file system: overlays rendered from the configuration, the hook files mmdebstrap
+//! runs, and what the later stages need out of the finished tarball (kernel, initrd, boot
+//! loader, package list).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::config::Config;
+
+const CUSTOMIZE_TEMPLATE: &str = include_str!("../templates/customize.sh.j2");
+const DRACUT_TEMPLATE: &str = include_str!("../templates/dracut.conf.j2");
+const PRESEED_TEMPLATE: &str = include_str!("../templates/preseed.cfg.j2");
+
+/// The template context: the configuration plus a few derived values.
+pub fn template_context(config: &Config) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(config).context("serialising the configuration")?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("tool_version".into(), env!("CARGO_PKG_VERSION").into());
+        obj.insert("arch".into(), config.image.arch.to_string().into());
+        obj.insert("debian_arch".into(), config.image.arch.debian().into());
+        obj.insert(
+            "serial_console".into(),
+            config.image.arch.serial_console().into(),
+        );
+        obj.insert("kernel_package".into(), config.kernel_package().into());
+    }
+    Ok(v)
+}
+
+/// Renders a template; `name` appears in error messages.
+pub fn render(name: &str, template: &str, ctx: &serde_json::Value) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    // A typo in a template must fail the build, not render as an empty string.
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    env.add_template(name, template)
+        .with_context(|| format!("template {name} does not parse"))?;
+    let tmpl = env.get_template(name)?;
+    tmpl.render(ctx)
+        .map_err(|e| anyhow::anyhow!("rendering {name}: {e:#}"))
+}
+
+/// Copies every overlay directory into `dest`, in order, rendering `*.j2` files (the suffix is
+/// dropped). Modes are kept; symlinks are copied as symlinks.
+pub fn render_overlays(config: &Config, dest: &Path) -> Result<Vec<PathBuf>> {
+    let ctx = template_context(config)?;
+    let mut written = Vec::new();
+    for dir in &config.overlays.dirs {
+        let src = config.resolve(dir);
+        if !src.is_dir() {
+            bail!(
+                "overlay directory {} does not exist ([overlays] dirs in appliance.toml)",
+                src.display()
+            );
+        }
+        copy_tree(&src, &src, dest, &ctx, &mut written)?;
+    }
+    check_no_host_secrets(dest)?;
+    Ok(written)
+}
+
+fn copy_tree(
+    root: &Path,
+    dir: &Path,
+    dest: &Path,
+    ctx: &serde_json::Value,
+    written: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let rel = path.strip_prefix(root).unwrap_or(&path);
+        let meta = std::fs::symlink_metadata(&path)?;
+        let mut target = dest.join(rel);
+        if meta.file_type().is_symlink() {
+            let link = std::fs::read_link(&path)?;
+            let _ = std::fs::remove_file(&target);
+            std::os::unix::fs::symlink(link, &target)?;
+        } else if meta.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            std::fs::set_permissions(&target, meta.permissions())?;
+            copy_tree(root, &path, dest, ctx, written)?;
+        } else {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if path.extension().is_some_and(|e| e == "j2") {
+                target.set_extension("");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading template {}", path.display()))?;
+                let out = render(&path.display().to_string(), &text, ctx)?;
+                std::fs::write(&target, out)?;
+            } else {
+                std::fs::copy(&path, &target)
+                    .with_context(|| format!("copying {}", path.display()))?;
+            }
+            std::fs::set_permissions(&target, meta.permissions())?;
+            written.push(target.strip_prefix(dest).unwrap_or(&target).to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+/// Files that identify one machine must never be baked into an image that many machines share.
+const HOST_SPECIFIC: &[&str] = &[
+    "etc/machine-id",
+    "etc/hostname",
+    "etc/resolv.conf",
+    "var/lib/dbus/machine-id",
+];
+
+fn check_no_host_secrets(dest: &Path) -> Result<()> {
+    for p in HOST_SPECIFIC {
+        if dest.join(p).exists() {
+            bail!("an overlay contains /{p}, which is specific to one machine; remove it (it is created at boot)");
+        }
+    }
+    let ssh = dest.join("etc/ssh");
+    if let Ok(entries) = std::fs::read_dir(&ssh) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                bail!("an overlay contains the SSH host key /etc/ssh/{}; host keys are made on first boot", e.file_name().to_string_lossy());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the files mmdebstrap's hooks use into `dir`: the setup tree (initrd configuration,
+/// present before the kernel is installed), the debconf answers and the customize script.
+pub fn write_hook_files(config: &Config, dir: &Path) -> Result<HookPaths> {
+    let ctx = template_context(config)?;
+    let setup = dir.join("setup");
+    let dracut_dir = setup.join("etc/dracut.conf.d");
+    std::fs::create_dir_all(&dracut_dir)?;
+    std::fs::write(
+        dracut_dir.join("50-appliance.conf"),
+        render("dracut.conf", DRACUT_TEMPLATE, &ctx)?,
+    )?;
+    let preseed = dir.join("preseed.cfg");
+    std::fs::write(&preseed, render("preseed.cfg", PRESEED_TEMPLATE, &ctx)?)?;
+    let customize = dir.join("customize.sh");
+    std::fs::write(
+        &customize,
+        render("customize.sh", CUSTOMIZE_TEMPLATE, &ctx)?,
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&customize, std::fs::Permissions::from_mode(0o755))?;
+    Ok(HookPaths {
+        setup,
+        preseed,
+        customize,
+    })
+}
+
+pub struct HookPaths {
+    pub setup: PathBuf,
+    pub preseed: PathBuf,
+    pub customize: PathBuf,
+}
+
+/// A package installed in the image, from dpkg's status file.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct InstalledPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+}
+
+/// What the later stages take out of the root tarball.
+pub struct RootfsContents {
+    pub kernel_version: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// systemd-boot's EFI binary, when the image has it.
+    pub systemd_boot: Option<PathBuf>,
+    pub os_release: String,
+    pub packages: Vec<InstalledPackage>,
+}
+
+/// Reads the root tarball once, copying the kernel, initrd and boot loader into `dir`.
+pub fn extract_boot_files(config: &Config, tar_path: &Path, dir: &Path) -> Result<RootfsContents> {
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::File::open(tar_path)
+        .with_context(|| format!("opening the root tarball {}", tar_path.display()))?;
+    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
+    let sd_boot_name = config.image.arch.systemd_boot_file();
+    let mut kernels: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut initrds: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut systemd_boot = None;
+    let mut os_release = String::new();
+    let mut status = String::new();
+    for entry in archive.entries().context("reading the root tarball")? {
+        let mut entry = entry.context("reading the root tarball")?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry.path()?.to_string_lossy().trim_start_matches("./").to_string();
+        if let Some(ver) = path.strip_prefix("boot/vmlinuz-") {
+            let out = dir.join(format!("vmlinuz-{ver}"));
+            entry.unpack(&out)?;
+            kernels.insert(ver.to_string(), out);
+        } else if let Some(ver) = path.strip_prefix("boot/initrd.img-") {
+            let out = dir.join(format!("initrd.img-{ver}"));
+            entry.unpack(&out)?;
+            initrds.insert(ver.to_string(), out);
+        } else if path == format!("usr/lib/systemd/boot/efi/{sd_boot_name}") {
+            let out = dir.join(sd_boot_name);
+            entry.unpack(&out)?;
+            systemd_boot = Some(out);
+        } else if path == "usr/lib/os-release" {
+            entry.read_to_string(&mut os_release)?;
+        } else if path == "var/lib/dpkg/status" {
+            entry.read_to_string(&mut status)?;
+        }
+    }
+    let Some((kernel_version, kernel)) = kernels.into_iter().next_back() else {
+        bail!("the root file system has no kernel in /boot; is [packages] kernel a kernel package?");
+    };
+    let Some(initrd) = initrds.remove(&kernel_version) else {
+        bail!("the root file system has no /boot/initrd.img-{kernel_version}; the initrd generator (dracut) did not run");
+    };
+    Ok(RootfsContents {
+        kernel_version,
+        kernel,
+        initrd,
+        systemd_boot,
+        os_release,
+        packages: parse_dpkg_status(&status),
+    })
+}
+
+/// Installed packages from dpkg's status file, sorted by name.
+pub fn parse_dpkg_status(status: &str) -> Vec<InstalledPackage> {
+    let mut pkgs = Vec::new();
+    for stanza in status.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let installed = field("Status:")
+            .is_some_and(|s| s.split_whitespace().nth(2) == Some("installed"));
+        if let (true, Some(name), Some(version)) = (installed, field("Package:"), field("Version:")) {
+            pkgs.push(InstalledPackage {
+                name,
+                version,
+                architecture: field("Architecture:").unwrap_or_default(),
+            });
+        }
+    }
+    pkgs.sort_by(|a, b| a.name.cmp(&b.name));
+    pkgs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, extra: &str) -> Config {
+        let text = format!("[image]\nname = \"t\"\n[overlays]\ndirs = [\"ov\"]\n{extra}");
+        Config::from_str_with(&text, "test.toml", dir.to_path_buf(), &[]).unwrap()
+    }
+
+    #[test]
+    fn overlays_render_templates_and_keep_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ov = dir.path().join("ov");
+        std::fs::create_dir_all(ov.join("usr/lib/x")).unwrap();
+        std::fs::write(ov.join("usr/lib/x/run.j2"), "#!/bin/sh\necho {{ data.label }} {{ image.name }}\n").unwrap();
+        std::fs::set_permissions(ov.join("usr/lib/x/run.j2"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(ov.join("plain.txt"), "{{ not rendered }}").unwrap();
+        let out = dir.path().join("out");
+        let c = config(dir.path(), "[data]\nlabel = \"state\"\n");
+        render_overlays(&c, &out).unwrap();
+        let rendered = std::fs::read_to_string(out.join("usr/lib/x/run")).unwrap();
+        assert_eq!(rendered, "#!/bin/sh\necho state t\n");
+        let mode = std::fs::metadata(out.join("usr/lib/x/run")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(std::fs::read_to_string(out.join("plain.txt")).unwrap(), "{{ not rendered }}");
+        assert!(!out.join("usr/lib/x/run.j2").exists());
+    }
+
+    #[test]
+    fn undefined_template_variable_fails_with_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ov = dir.path().join("ov");
+        std::fs::create_dir_all(&ov).unwrap();
+        std::fs::write(ov.join("bad.j2"), "{{ data.lable }}").unwrap();
+        let err = format!("{:#}", render_overlays(&config(dir.path(), ""), &dir.path().join("o")).unwrap_err());
+        assert!(err.contains("bad.j2"), "{err}");
+    }
+
+    #[test]
+    fn overlays_must_not_carry_machine_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let ov = dir.path().join("ov/etc/ssh");
+        std::fs::create_dir_all(&ov).unwrap();
+        std::fs::write(ov.join("ssh_host_ed25519_key"), "secret").unwrap();
+        let err = render_overlays(&config(dir.path(), ""), &dir.path().join("o")).unwrap_err();
+        assert!(err.to_string().contains("host key"), "{err}");
+    }
+
+    #[test]
+    fn project_overlays_render_with_the_default_config() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let c = Config::load(&root.join("appliance.toml"), &["jitsi.enabled=false".into()]).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let files = render_overlays(&c, out.path()).unwrap();
+        assert!(files.iter().any(|f| f.ends_with("etc/fstab")));
+        let fstab = std::fs::read_to_string(out.path().join("etc/fstab")).unwrap();
+        assert!(fstab.contains("PARTLABEL=data"));
+        let hooks = write_hook_files(&c, out.path()).unwrap();
+        let script = std::fs::read_to_string(hooks.customize).unwrap();
+        assert!(script.contains("machine-id"));
+    }
+
+    #[test]
+    fn dpkg_status_lists_installed_packages_only() {
+        let status = "Package: zlib1g\nStatus: install ok installed\nVersion: 1:1.2.13\nArchitecture: amd64\n\n\
+                      Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n\n\
+                      Package: bash\nStatus: install ok installed\nArchitecture: amd64\nVersion: 5.2.15-2+b7\n";
+        let pkgs = parse_dpkg_status(status);
+        assert_eq!(pkgs.len(), 2);
+        assert_eq!(pkgs[0].name, "bash");
+        assert_eq!(pkgs[0].version, "5.2.15-2+b7");
+        assert_eq!(pkgs[1].version, "1:1.2.13");
+    }
+}
