@@ -315,13 +315,8 @@ pub fn run_mmdebstrap(
     on_line: impl FnMut(&str),
 ) -> Result<()> {
     let mode = if host::is_root() { "root" } else { "unshare" };
-    let mut cmd = Command::new("mmdebstrap");
-    cmd.arg(format!("--mode={mode}"))
-        .args(&plan.args[..plan.args.len()])
-        .env("LC_ALL", "C.UTF-8")
-        .env("DEBIAN_FRONTEND", "noninteractive");
-    // mmdebstrap writes the tarball to its stdout ("-"); rewrite that to a file target so its
-    // stdout stays free for progress lines.
+    // The plan ends with "-" (stdout) as the target; write to a file instead so stdout stays
+    // free for progress lines.
     let args: Vec<String> = plan
         .args
         .iter()
@@ -333,14 +328,13 @@ pub fn run_mmdebstrap(
             }
         })
         .collect();
-    let mut cmd2 = Command::new("mmdebstrap");
-    cmd2.arg(format!("--mode={mode}"))
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.arg(format!("--mode={mode}"))
         .arg("--format=tar")
         .args(&args)
         .env("LC_ALL", "C.UTF-8")
         .env("DEBIAN_FRONTEND", "noninteractive");
-    drop(cmd);
-    host::run_logged(&mut cmd2, log, on_line).context(
+    host::run_logged(&mut cmd, log, on_line).context(
         "installing packages with mmdebstrap failed; the log above names the package or hook",
     )
 }

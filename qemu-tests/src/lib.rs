@@ -8,6 +8,7 @@ pub mod accel;
 pub mod console;
 pub mod machine;
 pub mod report;
+pub mod scenarios;
 
 use std::time::{Duration, Instant};
 

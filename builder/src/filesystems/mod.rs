@@ -1,3 +1,4 @@
 //! File systems written into partition images.
 
 pub mod esp;
+pub mod squashfs;

@@ -1,0 +1,216 @@
+//! Outputs: the raw image, its compressed copy, `SHA256SUMS` and the manifest.
+//!
+//! Every output is written under a temporary name in the output directory and renamed only when
+//! all of them are complete, so an interrupted build never leaves a file that looks finished.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::partitions::DiskLayout;
+use crate::rootfs::InstalledPackage;
+
+/// Files being written to the output directory under temporary names.
+pub struct Staged {
+    dir: PathBuf,
+    files: Vec<(PathBuf, PathBuf)>, // (temporary, final)
+}
+
+impl Staged {
+    pub fn new(dir: &Path) -> Result<Staged> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
+        Ok(Staged {
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+        })
+    }
+
+    /// A temporary path for the output `name`; it becomes `dir/name` on `commit`.
+    pub fn path(&mut self, name: &str) -> PathBuf {
+        let tmp = self.dir.join(format!(".{name}.partial"));
+        let _ = std::fs::remove_file(&tmp);
+        self.files.push((tmp.clone(), self.dir.join(name)));
+        tmp
+    }
+
+    /// Renames every staged file to its final name (each rename is atomic).
+    pub fn commit(self) -> Result<Vec<PathBuf>> {
+        let mut done = Vec::new();
+        for (tmp, fin) in &self.files {
+            std::fs::rename(tmp, fin)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), fin.display()))?;
+            done.push(fin.clone());
+        }
+        Ok(done)
+    }
+}
+
+impl Drop for Staged {
+    /// Whatever was not committed is removed: a failed build leaves no partial files behind.
+    fn drop(&mut self) {
+        for (tmp, _) in &self.files {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Compresses `src` into `dst` with zstd on all cores; returns the compressed size.
+pub fn compress_zstd(src: &Path, dst: &Path, level: i32) -> Result<u64> {
+    let mut input = std::fs::File::open(src)
+        .with_context(|| format!("opening {}", src.display()))?;
+    let out = std::fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
+    let mut enc = zstd::stream::Encoder::new(std::io::BufWriter::with_capacity(1 << 20, out), level)?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    enc.multithread(threads)?;
+    enc.include_checksum(true)?;
+    enc.set_pledged_src_size(Some(input.metadata()?.len()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        enc.write_all(&buf[..n])?;
+    }
+    let mut w = enc.finish()?;
+    w.flush()?;
+    drop(w);
+    Ok(std::fs::metadata(dst)?.len())
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputFile {
+    pub file: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// `SHA256SUMS` in the format `sha256sum -c` reads.
+pub fn sha256sums(files: &[OutputFile]) -> String {
+    files
+        .iter()
+        .map(|f| format!("{}  {}\n", f.sha256, f.file))
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestPartition {
+    pub number: u32,
+    pub label: String,
+    pub type_guid: String,
+    pub part_guid: String,
+    pub first_lba: u64,
+    pub last_lba: u64,
+    pub bytes: u64,
+    pub flags: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestVerity {
+    pub root_hash: String,
+    pub salt: String,
+    pub uuid: String,
+    pub data_blocks: u64,
+    pub hash_bytes: u64,
+}
+
+/// `<name>.manifest.json`: what is in the image, for audits and for `appliance inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub name: String,
+    pub tool: String,
+    pub tool_version: String,
+    pub config_hash: String,
+    pub arch: String,
+    pub debian_suite: String,
+    pub jitsi: bool,
+    pub kernel_version: String,
+    pub kernel_cmdline: String,
+    pub image_bytes: u64,
+    pub squashfs_bytes: u64,
+    pub verity: Option<ManifestVerity>,
+    pub disk_guid: String,
+    pub partitions: Vec<ManifestPartition>,
+    pub packages: Vec<InstalledPackage>,
+    /// Every other output, with its checksum (the manifest cannot list its own).
+    pub outputs: Vec<OutputFile>,
+}
+
+pub fn manifest_partitions(layout: &DiskLayout) -> Vec<ManifestPartition> {
+    layout
+        .partitions
+        .iter()
+        .map(|p| ManifestPartition {
+            number: p.number,
+            label: p.spec.label.clone(),
+            type_guid: p.spec.type_guid.to_string(),
+            part_guid: p.spec.part_guid.to_string(),
+            first_lba: p.first_lba,
+            last_lba: p.last_lba,
+            bytes: p.size_bytes(),
+            flags: p.spec.flags,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_files_appear_only_on_commit_and_vanish_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Staged::new(dir.path()).unwrap();
+            let p = s.path("a.raw");
+            std::fs::write(&p, b"x").unwrap();
+            assert!(!dir.path().join("a.raw").exists());
+            // dropped without commit: an interrupted build
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut s = Staged::new(dir.path()).unwrap();
+        let p = s.path("a.raw");
+        std::fs::write(&p, b"x").unwrap();
+        s.commit().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a.raw")).unwrap(), b"x");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn zstd_round_trip_and_checksums() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("in");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        let dst = dir.path().join("in.zst");
+        let n = compress_zstd(&src, &dst, 3).unwrap();
+        assert!(n < data.len() as u64 / 10);
+        let back = zstd::stream::decode_all(std::fs::File::open(&dst).unwrap()).unwrap();
+        assert_eq!(back, data);
+        let sum = sha256_file(&src).unwrap();
+        assert_eq!(sum, hex::encode(Sha256::digest(&data)));
+        let text = sha256sums(&[OutputFile { file: "in".into(), bytes: 1, sha256: sum.clone() }]);
+        assert_eq!(text, format!("{sum}  in\n"));
+    }
+}

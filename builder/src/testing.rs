@@ -1,0 +1,196 @@
+//! `appliance test` and `appliance run`: the QEMU harness (crate `appliance-qemu-tests`) pointed
+//! at a built image.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+pub use appliance_qemu_tests::Firmware;
+use appliance_qemu_tests::scenarios::{self, ImageUnderTest};
+use appliance_qemu_tests::{accel, machine::UefiFirmware, Arch};
+
+use crate::build::LABEL_ROOT_A;
+use crate::partitions::{self, types, SECTOR};
+
+/// Reads what the boot checks need from the image's own partition table.
+pub fn image_under_test(image: &Path) -> Result<ImageUnderTest> {
+    let table = partitions::read_table(image)
+        .with_context(|| format!("{} is not an appliance disk image", image.display()))?;
+    let root = table
+        .iter()
+        .find(|p| p.label == LABEL_ROOT_A)
+        .with_context(|| format!("{} has no {LABEL_ROOT_A} partition", image.display()))?;
+    let arch = if root.type_guid == types::ROOT_ARM64 {
+        Arch::Aarch64
+    } else {
+        Arch::X86_64
+    };
+    let data = table
+        .iter()
+        .rev()
+        .find(|p| p.type_guid == types::LINUX_GENERIC)
+        .with_context(|| format!("{} has no data partition", image.display()))?;
+    Ok(ImageUnderTest {
+        image: image.to_path_buf(),
+        arch,
+        root_offset: root.first_lba * SECTOR,
+        data_part_bytes: (data.last_lba - data.first_lba + 1) * SECTOR,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct BootLine {
+    pub firmware: String,
+    pub boot: u64,
+    pub seconds_to_marker: f64,
+    pub guest_uptime: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TestReport {
+    pub image: PathBuf,
+    pub accel: String,
+    pub boots: Vec<BootLine>,
+    pub tamper: Option<String>,
+    pub failures: Vec<String>,
+    pub passed: bool,
+}
+
+pub fn test_image(
+    image: &Path,
+    firmwares: &[Firmware],
+    tamper: bool,
+    timeout: Duration,
+    workdir: &Path,
+    quiet: bool,
+) -> Result<TestReport> {
+    if !image.exists() {
+        bail!(
+            "{} does not exist; build it first with `appliance build`",
+            image.display()
+        );
+    }
+    let img = image_under_test(image)?;
+    let choice = accel::select(img.arch)?;
+    let say = |s: String| {
+        if !quiet {
+            eprintln!("{s}");
+        }
+    };
+    say(format!("testing {} ({}; {})", image.display(), img.arch, choice.reason));
+    let mut report = TestReport {
+        image: image.to_path_buf(),
+        accel: choice.reason.clone(),
+        boots: Vec::new(),
+        tamper: None,
+        failures: Vec::new(),
+        passed: false,
+    };
+    for fw in firmwares {
+        let dir = workdir.join(format!("{fw:?}").to_lowercase());
+        say(format!("{fw:?}: first and second boot of a disk grown to {} GiB ...", scenarios::GROWN_DISK_BYTES >> 30));
+        match scenarios::first_and_second_boot(&img, *fw, &dir, timeout) {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    say(format!(
+                        "  {fw:?} boot {}: ready after {:.1} s (guest uptime {} s), all checks passed",
+                        o.boot,
+                        o.seconds_to_marker,
+                        o.report.get("uptime").unwrap_or("?")
+                    ));
+                    report.boots.push(BootLine {
+                        firmware: format!("{fw:?}"),
+                        boot: o.boot,
+                        seconds_to_marker: o.seconds_to_marker,
+                        guest_uptime: o.report.get_f64("uptime"),
+                    });
+                }
+            }
+            Err(e) => {
+                say(format!("  {fw:?}: FAILED: {e:#}"));
+                report.failures.push(format!("{fw:?}: {e:#}"));
+            }
+        }
+    }
+    if tamper {
+        let fw = firmwares.first().copied().unwrap_or(Firmware::Uefi);
+        say(format!("{fw:?}: booting with one byte of the root partition changed ..."));
+        match scenarios::tampered_root_is_refused(&img, fw, &workdir.join("tamper"), timeout) {
+            Ok(t) => {
+                say(format!(
+                    "  refused after {:.1} s (byte at offset {}): {}",
+                    t.seconds, t.offset, t.refusal_line
+                ));
+                report.tamper = Some(t.refusal_line);
+            }
+            Err(e) => {
+                say(format!("  tamper check FAILED: {e:#}"));
+                report.failures.push(format!("tamper: {e:#}"));
+            }
+        }
+    }
+    report.passed = report.failures.is_empty();
+    say(if report.passed {
+        format!("all checks passed ({} boots)", report.boots.len())
+    } else {
+        format!("{} check(s) failed; console logs are in {}", report.failures.len(), workdir.display())
+    });
+    Ok(report)
+}
+
+/// Boots the image with the serial console on this terminal.
+pub fn run_interactive(image: &Path, firmware: Firmware, keep: bool, forwards: &[String]) -> Result<()> {
+    let img = image_under_test(image)?;
+    let choice = accel::select(img.arch)?;
+    let mut args: Vec<String> = Vec::new();
+    let vars_dir = tempfile::tempdir()?;
+    match img.arch {
+        Arch::X86_64 => args.extend(["-machine".into(), "q35".into()]),
+        Arch::Aarch64 => args.extend(["-machine".into(), "virt".into()]),
+    }
+    args.extend(choice.qemu_args());
+    args.extend(["-m", "2048", "-smp", "2", "-nodefaults", "-display", "none", "-serial", "mon:stdio"].map(String::from));
+    if firmware == Firmware::Uefi {
+        let fw = UefiFirmware::for_arch(img.arch);
+        let vars = vars_dir.path().join("vars.fd");
+        std::fs::copy(&fw.vars_template, &vars).with_context(|| {
+            format!("UEFI firmware {} is missing (package {})", fw.vars_template.display(), fw.package)
+        })?;
+        if let Some(size) = fw.pflash_size {
+            std::fs::OpenOptions::new().write(true).open(&vars)?.set_len(size)?;
+        }
+        args.push("-drive".into());
+        args.push(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", fw.code.display()));
+        args.push("-drive".into());
+        args.push(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+    } else if img.arch == Arch::Aarch64 {
+        bail!("arm64 images boot with UEFI only; use --firmware uefi");
+    }
+    args.push("-drive".into());
+    args.push(format!(
+        "file={},format=raw,if=virtio{}",
+        image.display(),
+        if keep { "" } else { ",snapshot=on" }
+    ));
+    let mut netdev = "user,id=n0".to_string();
+    for f in forwards {
+        let (h, g) = f
+            .split_once(':')
+            .with_context(|| format!("--forward {f:?}: expected HOST:GUEST, e.g. 8443:443"))?;
+        let h: u16 = h.parse().with_context(|| format!("--forward {f:?}: bad host port"))?;
+        let g: u16 = g.parse().with_context(|| format!("--forward {f:?}: bad guest port"))?;
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
+    }
+    args.extend(["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=n0".into()]);
+    eprintln!("{}; Ctrl-a x quits{}", choice.reason, if keep { "" } else { "; changes are discarded" });
+    let status = std::process::Command::new(img.arch.qemu_binary())
+        .args(&args)
+        .status()
+        .with_context(|| format!("cannot start {} (package {})", img.arch.qemu_binary(), img.arch.qemu_package()))?;
+    if !status.success() {
+        bail!("QEMU exited with {status}");
+    }
+    Ok(())
+}
