@@ -5,6 +5,7 @@
 //! partition table and the outputs.
 
 pub mod bootloaders;
+pub mod doctor;
 pub mod filesystems;
 pub mod partitions;
 pub mod verity;

@@ -1,0 +1,696 @@
+//! `appliance doctor [--install]`: checks the host tools the build and the boot tests need,
+//! says which Debian package provides each missing one, and can install them with apt-get.
+//!
+//! The target host is Debian 12 (bookworm). QEMU comes from bookworm-backports: bookworm's
+//! QEMU 7.2 is too old for the boot tests, so `--install` enables backports if needed.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::host;
+
+/// One requirement of the host and what was found for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// A program name (looked up on PATH and the sbin directories) or an absolute file path.
+    pub what: String,
+    /// The Debian package that provides it.
+    pub package: String,
+    /// Whether the package must come from bookworm-backports.
+    pub backports: bool,
+    /// "build" or "tests".
+    pub purpose: &'static str,
+    /// Where it was found (path, and version where it matters); `None` if missing.
+    pub found: Option<String>,
+    /// Why what was found is not good enough (e.g. QEMU too old).
+    pub problem: Option<String>,
+}
+
+impl Check {
+    /// Missing, or present but unusable: either way `--install` has to act on it.
+    fn needs_install(&self) -> bool {
+        self.found.is_none() || self.problem.is_some()
+    }
+}
+
+/// (what, package, from backports, purpose). Paths are checked as files, the rest as programs.
+const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
+    ("mmdebstrap", "mmdebstrap", false, "build"),
+    ("mksquashfs", "squashfs-tools", false, "build"),
+    ("gpg", "gpg", false, "build"),
+    ("curl", "curl", false, "build"),
+    ("grub-mkimage", "grub-common", false, "build"),
+    (
+        "/usr/lib/grub/i386-pc/boot.img",
+        "grub-pc-bin",
+        false,
+        "build",
+    ),
+    ("fsck.fat", "dosfstools", false, "build"),
+    ("arch-test", "arch-test", false, "build"),
+    // mmdebstrap's unshare mode, used when the build does not run as root.
+    ("newuidmap", "uidmap", false, "build"),
+    ("objcopy", "binutils", false, "build"),
+    ("mtype", "mtools", false, "tests"),
+    ("veritysetup", "cryptsetup-bin", false, "tests"),
+    ("sfdisk", "fdisk", false, "tests"),
+    ("qemu-system-x86_64", "qemu-system-x86", true, "tests"),
+    ("qemu-system-aarch64", "qemu-system-arm", true, "tests"),
+    ("qemu-img", "qemu-utils", true, "tests"),
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf", false, "tests"),
+    (
+        "/usr/share/AAVMF/AAVMF_CODE.fd",
+        "qemu-efi-aarch64",
+        false,
+        "tests",
+    ),
+    // Only handy for looking into outputs by hand (the build uses the zstd crate), so it must
+    // not block `appliance build`.
+    ("zstd", "zstd", false, "tests"),
+];
+
+/// Oldest QEMU major version the boot tests work with (bookworm has 7.2, backports 10).
+const MIN_QEMU_MAJOR: u32 = 8;
+
+const BACKPORTS: &str = "bookworm-backports";
+const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+const BACKPORTS_SOURCE_FILE: &str = "/etc/apt/sources.list.d/appliance-bookworm-backports.sources";
+const APT_INSTALL: &str = "apt-get install -y --no-install-recommends";
+
+/// Checks every requirement on this machine.
+pub fn check_host() -> Vec<Check> {
+    REQUIREMENTS
+        .iter()
+        .map(|&(what, package, backports, purpose)| {
+            let mut check = Check {
+                what: what.to_string(),
+                package: package.to_string(),
+                backports,
+                purpose,
+                found: None,
+                problem: None,
+            };
+            if what.starts_with('/') {
+                if Path::new(what).is_file() {
+                    check.found = Some(what.to_string());
+                }
+            } else if let Some(path) = host::find_program(what) {
+                check.found = Some(path.display().to_string());
+                if what.starts_with("qemu-system-") {
+                    check_qemu_version(&mut check, &path);
+                }
+            }
+            check
+        })
+        .collect()
+}
+
+/// Adds the QEMU version to `found`, or a problem if it is too old or cannot be told.
+fn check_qemu_version(check: &mut Check, path: &Path) {
+    let out = match host::run(Command::new(path).arg("--version")) {
+        Ok(out) => out,
+        Err(e) => {
+            check.problem = Some(format!("`{} --version` failed: {e:#}", check.what));
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    match parse_qemu_version(&text) {
+        Some((version, major)) => {
+            check.found = Some(format!("{} (QEMU {version})", path.display()));
+            if major < MIN_QEMU_MAJOR {
+                check.problem = Some(format!(
+                    "QEMU {version} is too old (need >= {MIN_QEMU_MAJOR}); install {} from {BACKPORTS}",
+                    check.package
+                ));
+            }
+        }
+        None => {
+            check.problem = Some(format!(
+                "cannot tell the QEMU version from `{} --version`; install {} from {BACKPORTS}",
+                check.what, check.package
+            ));
+        }
+    }
+}
+
+/// The version and major number from `qemu-system-* --version`
+/// ("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-...)").
+fn parse_qemu_version(text: &str) -> Option<(String, u32)> {
+    let version = text
+        .lines()
+        .find_map(|l| l.split("version ").nth(1))?
+        .split_whitespace()
+        .next()?;
+    let major = version.split('.').next()?.parse().ok()?;
+    Some((version.to_string(), major))
+}
+
+/// The checks that are missing or unusable.
+pub fn missing(checks: &[Check]) -> Vec<&Check> {
+    checks.iter().filter(|c| c.needs_install()).collect()
+}
+
+/// What `--install` installs: (packages from bookworm, packages from bookworm-backports).
+fn install_plan(checks: &[Check]) -> (Vec<&str>, Vec<&str>) {
+    let mut debian: Vec<&str> = Vec::new();
+    let mut backports: Vec<&str> = Vec::new();
+    for c in missing(checks) {
+        let list = if c.backports {
+            &mut backports
+        } else {
+            &mut debian
+        };
+        if !list.contains(&c.package.as_str()) {
+            list.push(&c.package);
+        }
+    }
+    // The QEMU packages share qemu-system-common and friends: when one comes from backports,
+    // take all of them from there so their versions match.
+    if !backports.is_empty() {
+        for c in checks.iter().filter(|c| c.backports) {
+            if !backports.contains(&c.package.as_str()) {
+                backports.push(&c.package);
+            }
+        }
+    }
+    (debian, backports)
+}
+
+/// The apt-get commands `--install` runs for `checks` (empty if nothing is missing).
+fn install_commands(checks: &[Check]) -> Vec<String> {
+    let (debian, backports) = install_plan(checks);
+    let mut cmds = Vec::new();
+    if debian.is_empty() && backports.is_empty() {
+        return cmds;
+    }
+    cmds.push("apt-get update".to_string());
+    if !debian.is_empty() {
+        cmds.push(format!(
+            "DEBIAN_FRONTEND=noninteractive {APT_INSTALL} {}",
+            debian.join(" ")
+        ));
+    }
+    if !backports.is_empty() {
+        cmds.push(format!(
+            "DEBIAN_FRONTEND=noninteractive {APT_INSTALL} -t {BACKPORTS} {}",
+            backports.join(" ")
+        ));
+    }
+    cmds
+}
+
+/// A table of all checks, then how to install what is missing.
+pub fn report(checks: &[Check]) -> String {
+    let rows: Vec<[String; 5]> = checks
+        .iter()
+        .map(|c| {
+            let status = if c.needs_install() { "MISSING" } else { "ok" };
+            let package = if c.backports {
+                format!("{} ({BACKPORTS})", c.package)
+            } else {
+                c.package.clone()
+            };
+            let detail = match (&c.problem, &c.found) {
+                (Some(problem), _) => problem.clone(),
+                (None, Some(found)) => found.clone(),
+                (None, None) => "not found".to_string(),
+            };
+            [
+                status.to_string(),
+                c.what.clone(),
+                package,
+                format!("for: {}", c.purpose),
+                detail,
+            ]
+        })
+        .collect();
+    let mut widths = [0usize; 4];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let line = format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let missing = missing(checks);
+    if missing.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nAll {} host tools are present; nothing to install.",
+            checks.len()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "\n{} of {} host tools missing. To install them, run as root:\n  sudo appliance doctor --install\n\
+             which enables {BACKPORTS} if no apt source has it, then runs:",
+            missing.len(),
+            checks.len()
+        );
+        for cmd in install_commands(checks) {
+            let _ = writeln!(out, "  {cmd}");
+        }
+    }
+    out
+}
+
+/// Installs what `checks` lists as missing with apt-get; root only. Does nothing if nothing is
+/// missing.
+pub fn install(checks: &[Check]) -> Result<()> {
+    let (debian, backports) = install_plan(checks);
+    if debian.is_empty() && backports.is_empty() {
+        println!("All host tools are present; nothing to install.");
+        return Ok(());
+    }
+    if !host::is_root() {
+        bail!(
+            "installing packages needs root: run it as root, e.g. `sudo appliance doctor --install`"
+        );
+    }
+    if !backports.is_empty() {
+        let sources = read_apt_sources()?;
+        if !mentions_backports(&sources) {
+            let text = backports_source_text(&sources);
+            let path = Path::new(BACKPORTS_SOURCE_FILE);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            std::fs::write(path, &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("Enabled {BACKPORTS} in {}", path.display());
+        }
+    }
+    // A broken third-party source makes `apt-get update` fail even though the Debian lists
+    // were refreshed, so only warn here and check for what we need below.
+    if let Err(e) = run_visible(Command::new("apt-get").arg("update")) {
+        eprintln!("warning: {e:#}; carrying on with the package lists apt has");
+    }
+    if !backports.is_empty() {
+        let policy = host::run(Command::new("apt-cache").args(["policy", "qemu-system-x86"]))?;
+        if !policy_has_backports(&String::from_utf8_lossy(&policy.stdout)) {
+            bail!(
+                "apt knows no qemu-system-x86 from {BACKPORTS} even after `apt-get update`; \
+                 check that an apt source has `{BACKPORTS}` (e.g. {BACKPORTS_SOURCE_FILE}) \
+                 and that the mirror is reachable"
+            );
+        }
+    }
+    if !debian.is_empty() {
+        run_visible(apt_install().args(&debian))?;
+    }
+    if !backports.is_empty() {
+        run_visible(apt_install().args(["-t", BACKPORTS]).args(&backports))?;
+    }
+    let still_missing: Vec<String> = missing(&check_host())
+        .iter()
+        .map(|c| c.what.clone())
+        .collect();
+    if !still_missing.is_empty() {
+        bail!(
+            "still missing after apt-get install: {}",
+            still_missing.join(", ")
+        );
+    }
+    println!("All host tools are installed.");
+    Ok(())
+}
+
+fn apt_install() -> Command {
+    let mut cmd = Command::new("apt-get");
+    cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "--no-install-recommends"]);
+    cmd
+}
+
+/// Runs `cmd` with its output on the terminal (apt-get takes a while; show its progress).
+fn run_visible(cmd: &mut Command) -> Result<()> {
+    let shown = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("+ {shown}");
+    let status = cmd
+        .stdin(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Fails naming every tool needed for `purpose` ("build" or "tests") that is missing here.
+pub fn require(purpose: &str) -> Result<()> {
+    require_from(&check_host(), purpose)
+}
+
+/// [`require`] on a given list of checks.
+pub fn require_from(checks: &[Check], purpose: &str) -> Result<()> {
+    let lines: Vec<String> = missing(checks)
+        .into_iter()
+        .filter(|c| c.purpose == purpose)
+        .map(|c| {
+            let from = if c.backports {
+                format!(" from {BACKPORTS}")
+            } else {
+                String::new()
+            };
+            let why = c.problem.as_deref().unwrap_or("not found");
+            format!("  {} (package {}{from}): {why}", c.what, c.package)
+        })
+        .collect();
+    if lines.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "host tools needed for the {purpose} are missing:\n{}\nrun `appliance doctor --install` as root (e.g. with sudo) to install them",
+        lines.join("\n")
+    )
+}
+
+/// /etc/apt/sources.list and /etc/apt/sources.list.d/*.list|*.sources, concatenated.
+fn read_apt_sources() -> Result<String> {
+    let mut paths = vec![std::path::PathBuf::from("/etc/apt/sources.list")];
+    match std::fs::read_dir("/etc/apt/sources.list.d") {
+        Ok(entries) => {
+            let mut found: Vec<_> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|ext| ext == "list" || ext == "sources")
+                })
+                .collect();
+            // apt reads them in name order; so do we, so "the first bookworm entry" matches.
+            found.sort();
+            paths.extend(found);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context("cannot list /etc/apt/sources.list.d"),
+    }
+    let mut text = String::new();
+    for path in paths {
+        match std::fs::read_to_string(&path) {
+            Ok(t) => {
+                // Blank lines between files so deb822 stanzas never run into each other.
+                text.push_str(&t);
+                text.push_str("\n\n");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+    Ok(text)
+}
+
+/// Whether any uncommented line of the apt sources mentions bookworm-backports.
+fn mentions_backports(sources: &str) -> bool {
+    sources
+        .lines()
+        .map(str::trim_start)
+        .any(|l| !l.starts_with('#') && l.contains(BACKPORTS))
+}
+
+/// Whether `apt-cache policy` output lists a version from bookworm-backports.
+fn policy_has_backports(policy: &str) -> bool {
+    policy.split_whitespace().any(|w| {
+        w == BACKPORTS
+            || w.strip_prefix(BACKPORTS)
+                .is_some_and(|rest| rest.starts_with('/'))
+    })
+}
+
+/// The deb822 source for bookworm-backports, on the mirror of the first `bookworm` entry of
+/// `existing_sources` (one-line or deb822 format), or deb.debian.org if there is none.
+pub fn backports_source_text(existing_sources: &str) -> String {
+    let mirror = bookworm_mirror(existing_sources).unwrap_or_else(|| DEFAULT_MIRROR.to_string());
+    format!(
+        "# Written by `appliance doctor --install`: QEMU for the boot tests comes from {BACKPORTS}.\n\
+         Types: deb\n\
+         URIs: {mirror}\n\
+         Suites: {BACKPORTS}\n\
+         Components: main\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+}
+
+/// The URI of the first enabled `deb` entry for the suite `bookworm` (not -security, whose
+/// mirror has no backports).
+fn bookworm_mirror(sources: &str) -> Option<String> {
+    let mut stanza: Vec<(String, String)> = Vec::new();
+    for line in sources.lines().chain(std::iter::once("")) {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            if let Some(uri) = stanza_mirror(&stanza) {
+                return Some(uri);
+            }
+            stanza.clear();
+        } else if trimmed.starts_with('#') {
+            continue;
+        } else if let Some(rest) = trimmed
+            .strip_prefix("deb")
+            .filter(|r| r.starts_with([' ', '\t']))
+        {
+            if let Some(uri) = one_line_mirror(rest) {
+                return Some(uri);
+            }
+        } else if line.starts_with([' ', '\t']) {
+            // deb822 continuation line.
+            if let Some((_, value)) = stanza.last_mut() {
+                value.push(' ');
+                value.push_str(trimmed);
+            }
+        } else if let Some((key, value)) = trimmed.split_once(':') {
+            stanza.push((key.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    None
+}
+
+/// The URI of a one-line entry (the part after `deb`) if its suite is bookworm.
+fn one_line_mirror(rest: &str) -> Option<String> {
+    let rest = rest.trim_start();
+    // Skip "[ option=value ... ]", which may contain spaces.
+    let rest = match rest.strip_prefix('[') {
+        Some(r) => r.split_once(']')?.1,
+        None => rest,
+    };
+    let mut words = rest.split_whitespace();
+    let uri = words.next()?;
+    let suite = words.next()?;
+    (suite == "bookworm" && usable_mirror(uri)).then(|| uri.to_string())
+}
+
+/// The first URI of a deb822 stanza if it is enabled, of type deb, and has suite bookworm.
+fn stanza_mirror(stanza: &[(String, String)]) -> Option<String> {
+    let field = |name: &str| {
+        stanza
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let enabled = field("enabled").is_none_or(|v| !v.eq_ignore_ascii_case("no"));
+    let is_deb = field("types").is_some_and(|v| v.split_whitespace().any(|t| t == "deb"));
+    let bookworm = field("suites").is_some_and(|v| v.split_whitespace().any(|s| s == "bookworm"));
+    if !(enabled && is_deb && bookworm) {
+        return None;
+    }
+    field("uris")?
+        .split_whitespace()
+        .find(|u| usable_mirror(u))
+        .map(str::to_string)
+}
+
+/// A CD-ROM has no backports.
+fn usable_mirror(uri: &str) -> bool {
+    !uri.starts_with("cdrom:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(what: &str, package: &str, backports: bool, purpose: &'static str) -> Check {
+        Check {
+            what: what.into(),
+            package: package.into(),
+            backports,
+            purpose,
+            found: Some(format!("/usr/bin/{what}")),
+            problem: None,
+        }
+    }
+
+    fn fake_checks() -> Vec<Check> {
+        let mut mm = check("mmdebstrap", "mmdebstrap", false, "build");
+        mm.found = None;
+        let mut qemu = check("qemu-system-x86_64", "qemu-system-x86", true, "tests");
+        qemu.found = Some("/usr/bin/qemu-system-x86_64 (QEMU 7.2.15)".into());
+        qemu.problem = Some("QEMU 7.2.15 is too old".into());
+        vec![
+            mm,
+            check("mksquashfs", "squashfs-tools", false, "build"),
+            qemu,
+            check("qemu-img", "qemu-utils", true, "tests"),
+            check("sfdisk", "fdisk", false, "tests"),
+        ]
+    }
+
+    #[test]
+    fn report_lists_missing_and_ends_with_install_commands() {
+        let checks = fake_checks();
+        let text = report(&checks);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "MISSING  mmdebstrap          mmdebstrap                            for: build  not found"
+        );
+        assert_eq!(
+            lines[1],
+            "ok       mksquashfs          squashfs-tools                        for: build  /usr/bin/mksquashfs"
+        );
+        assert!(lines[2].starts_with(
+            "MISSING  qemu-system-x86_64  qemu-system-x86 (bookworm-backports)  for: tests  QEMU 7.2.15 is too old"
+        ));
+        assert!(text.contains("2 of 5 host tools missing"), "{text}");
+        assert!(
+            text.ends_with(
+                "  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mmdebstrap\n  \
+                 DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(missing(&checks).len(), 2);
+    }
+
+    #[test]
+    fn report_and_install_with_nothing_missing() {
+        let checks = vec![check("gpg", "gpg", false, "build")];
+        assert!(report(&checks).ends_with("nothing to install.\n"));
+        assert!(install_commands(&checks).is_empty());
+        // Returns before any root check or apt-get run.
+        install(&checks).expect("nothing to do");
+    }
+
+    #[test]
+    fn require_names_every_missing_tool_for_its_purpose() {
+        let checks = fake_checks();
+        let err = require_from(&checks, "tests").unwrap_err().to_string();
+        assert!(err.contains("qemu-system-x86_64 (package qemu-system-x86 from bookworm-backports): QEMU 7.2.15 is too old"), "{err}");
+        assert!(!err.contains("mmdebstrap"), "{err}");
+        assert!(
+            err.contains("run `appliance doctor --install` as root"),
+            "{err}"
+        );
+        let err = require_from(&checks, "build").unwrap_err().to_string();
+        assert!(
+            err.contains("mmdebstrap (package mmdebstrap): not found"),
+            "{err}"
+        );
+        assert!(!err.contains("qemu"), "{err}");
+        let ok: Vec<Check> = checks.into_iter().filter(|c| c.what == "sfdisk").collect();
+        require_from(&ok, "tests").expect("nothing missing");
+    }
+
+    #[test]
+    fn backports_source_from_deb822() {
+        let sources = "\
+Types: deb
+URIs: http://security.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+
+Types: deb-src
+URIs: http://src.example/debian
+Suites: bookworm
+
+Types: deb
+# a comment inside the stanza
+URIs: http://ftp.de.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main contrib
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+";
+        let text = backports_source_text(sources);
+        assert!(
+            text.contains("\nURIs: http://ftp.de.debian.org/debian\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nTypes: deb\n"));
+        assert!(text.contains("\nSuites: bookworm-backports\n"));
+        assert!(text.contains("\nComponents: main\n"));
+        assert!(text.ends_with("\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"));
+        assert!(!mentions_backports(sources));
+        assert!(mentions_backports(&text));
+    }
+
+    #[test]
+    fn backports_source_from_one_line_list() {
+        let sources = "\
+# deb http://commented.example/debian bookworm main
+deb http://security.debian.org/debian-security bookworm-security main
+deb-src http://src.example/debian bookworm main
+deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example.org/debian/ bookworm main non-free-firmware
+";
+        assert_eq!(
+            bookworm_mirror(sources).as_deref(),
+            Some("http://mirror.example.org/debian/")
+        );
+        assert!(
+            backports_source_text(sources).contains("\nURIs: http://mirror.example.org/debian/\n")
+        );
+        // Nothing usable: the default mirror.
+        assert!(backports_source_text("").contains("\nURIs: http://deb.debian.org/debian\n"));
+        assert!(!mentions_backports(
+            "# deb http://x bookworm-backports main\n"
+        ));
+    }
+
+    #[test]
+    fn parses_qemu_version_and_policy() {
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright (c) 2003-2025 Fabrice Bellard\n"),
+            Some(("10.0.2".to_string(), 10))
+        );
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7+deb12u15)\n"),
+            Some(("7.2.15".to_string(), 7))
+        );
+        assert_eq!(parse_qemu_version("garbage"), None);
+        let policy = "qemu-system-x86:\n  Installed: (none)\n  Candidate: 1:7.2+dfsg-7+deb12u18+b3\n  Version table:\n     1:10.0.2+ds-2+deb13u1~bpo12+1 100\n        100 http://deb.debian.org/debian bookworm-backports/main amd64 Packages\n     1:7.2+dfsg-7+deb12u18+b3 500\n        500 http://deb.debian.org/debian bookworm/main amd64 Packages\n";
+        assert!(policy_has_backports(policy));
+        assert!(!policy_has_backports(
+            "qemu-system-x86:\n  Candidate: 1:7.2\n        500 http://deb.debian.org/debian bookworm/main amd64 Packages\n"
+        ));
+    }
+
+    /// Prints the report for this machine (`cargo test -- --ignored --nocapture host_report`).
+    #[test]
+    #[ignore = "depends on the host; run by hand"]
+    fn host_report() {
+        println!("{}", report(&check_host()));
+    }
+}
