@@ -45,8 +45,9 @@ pub const LABEL_ESP: &str = "esp";
 pub const LABEL_ROOT_A: &str = "root-a";
 pub const LABEL_VERITY_A: &str = "verity-a";
 /// The second root slot is laid out empty, so that an update can later be written beside the
-/// running version (the systemd-sysupdate convention marks unused slots "_empty").
-pub const LABEL_EMPTY: &str = "_empty";
+/// running version.
+pub const LABEL_ROOT_B: &str = "root-b";
+pub const LABEL_VERITY_B: &str = "verity-b";
 
 /// A UUID derived from the configuration: the same configuration gives the same image.
 fn derived_uuid(config: &Config, purpose: &str) -> Uuid {
@@ -147,9 +148,11 @@ fn run_stages(
         let _ = std::fs::remove_file(&log);
         packages::run_mmdebstrap(&plan, &partial, &log, |line| progress.message(line))?;
         // Older root tarballs of this appliance are of no further use.
-        remove_stale(&rootfs_cache, &format!("{}-", config.image.name), ".tar")?;
+        remove_stale_tarballs(&rootfs_cache, &config.image.name)?;
         std::fs::rename(&partial, &tar)?;
-        let n = std::fs::read_dir(&deb_cache).map(|d| d.count()).unwrap_or(0);
+        let n = std::fs::read_dir(&deb_cache)
+            .map(|d| d.count())
+            .unwrap_or(0);
         progress.end(&format!(
             "{} root tarball; {n} packages in the host cache",
             human_bytes(std::fs::metadata(&tar)?.len())
@@ -173,7 +176,11 @@ fn run_stages(
             config.root.slot_size
         );
     }
-    progress.end(&format!("{} squashfs ({})", human_bytes(sqfs_len), config.root.compression));
+    progress.end(&format!(
+        "{} squashfs ({})",
+        human_bytes(sqfs_len),
+        config.root.compression
+    ));
 
     // 4. dm-verity.
     progress.begin("verity");
@@ -261,7 +268,13 @@ fn run_stages(
         });
     }
     let esp_img = work.join("esp.img");
-    esp::write_esp(&esp_img, config.boot.esp_size.0, esp_volume_id, "ESP", &esp_files)?;
+    esp::write_esp(
+        &esp_img,
+        config.boot.esp_size.0,
+        esp_volume_id,
+        "ESP",
+        &esp_files,
+    )?;
     esp::fsck(&esp_img).context("the ESP written by this build is not clean FAT")?;
 
     // Partition layout: BIOS boot, ESP, root A + verity A, root B + verity B (empty), data.
@@ -293,7 +306,10 @@ fn run_stages(
     });
     let (root_guid, verity_guid) = match &tree {
         Some(t) => (t.data_partition_uuid(), t.hash_partition_uuid()),
-        None => (derived_uuid(config, LABEL_ROOT_A), derived_uuid(config, LABEL_VERITY_A)),
+        None => (
+            derived_uuid(config, LABEL_ROOT_A),
+            derived_uuid(config, LABEL_VERITY_A),
+        ),
     };
     specs.push(PartitionSpec {
         label: LABEL_ROOT_A.into(),
@@ -311,9 +327,12 @@ fn run_stages(
         flags: partitions::FLAG_READ_ONLY,
         content: tree.as_ref().map(|_| hash_file.clone()),
     });
-    for (purpose, type_guid, size) in [("root-b", root_type, slot), ("verity-b", verity_type, hash_slot)] {
+    for (purpose, type_guid, size) in [
+        (LABEL_ROOT_B, root_type, slot),
+        (LABEL_VERITY_B, verity_type, hash_slot),
+    ] {
         specs.push(PartitionSpec {
-            label: LABEL_EMPTY.into(),
+            label: purpose.into(),
             type_guid,
             part_guid: derived_uuid(config, purpose),
             size,
@@ -336,16 +355,22 @@ fn run_stages(
             .by_label(LABEL_BIOS)
             .context("the BIOS boot partition is missing from the layout")?;
         let start = bios.first_lba;
+        let grub_dir = work.join("grub");
+        std::fs::create_dir_all(&grub_dir)?;
         let grub = grub_bios::build(
             Path::new(grub_bios::DEFAULT_MODULES_DIR),
             &esp::volume_uuid_string(esp_volume_id),
             start,
             bios.size_bytes(),
-            &work.join("grub"),
+            &grub_dir,
         )?;
         let core = work.join("grub-core.img");
         std::fs::write(&core, &grub.core_img)?;
-        if let Some(p) = layout.partitions.iter_mut().find(|p| p.spec.label == LABEL_BIOS) {
+        if let Some(p) = layout
+            .partitions
+            .iter_mut()
+            .find(|p| p.spec.label == LABEL_BIOS)
+        {
             p.spec.content = Some(core);
         }
         mbr_code = Some(grub.mbr_boot_code);
@@ -353,7 +378,11 @@ fn run_stages(
     progress.end(&format!(
         "kernel {}; {}{}",
         contents.kernel_version,
-        if config.boot.uefi { "UEFI systemd-boot" } else { "" },
+        if config.boot.uefi {
+            "UEFI systemd-boot"
+        } else {
+            ""
+        },
         if config.boot.bios { ", BIOS GRUB" } else { "" }
     ));
 
@@ -361,10 +390,20 @@ fn run_stages(
     progress.begin("disk");
     let mut staged = Staged::new(&opts.out_dir)?;
     let raw_name = format!("{}.raw", config.image.name);
-    let raw = staged.path(&raw_name);
+    let keep_raw = config.image.formats.contains(&Format::Raw);
+    // Without "raw" among the formats the raw image is only an intermediate file.
+    let raw = if keep_raw {
+        staged.path(&raw_name)
+    } else {
+        work.join(&raw_name)
+    };
     partitions::write_disk(&raw, &layout, mbr_code.as_ref())?;
     let image_bytes = std::fs::metadata(&raw)?.len();
-    progress.end(&format!("{} raw, {} partitions", human_bytes(image_bytes), layout.partitions.len()));
+    progress.end(&format!(
+        "{} raw, {} partitions",
+        human_bytes(image_bytes),
+        layout.partitions.len()
+    ));
 
     // 7. Outputs: compressed copy, checksums, manifest; then everything is renamed into place.
     progress.begin("outputs");
@@ -376,7 +415,7 @@ fn run_stages(
         compress_zstd_for(&raw, &zst, opts.zstd_level)?;
         out_files.push((name, zst));
     }
-    if config.image.formats.contains(&Format::Raw) {
+    if keep_raw {
         out_files.insert(0, (raw_name.clone(), raw.clone()));
     }
     let mut listed = Vec::new();
@@ -423,20 +462,20 @@ fn run_stages(
     });
     let sums_path = staged.path("SHA256SUMS");
     std::fs::write(&sums_path, outputs::sha256sums(&summed))?;
-    if !config.image.formats.contains(&Format::Raw) {
-        // The raw image was only an intermediate: drop it instead of publishing it.
-        std::fs::remove_file(&raw)?;
-    }
     staged.commit()?;
-    if !config.image.formats.contains(&Format::Raw) {
-        let _ = std::fs::remove_file(opts.out_dir.join(&raw_name));
+    if !keep_raw {
+        let _ = std::fs::remove_file(&raw);
     }
     let zst_note = summed
         .iter()
         .find(|f| f.file.ends_with(".zst"))
         .map(|f| format!(", {} compressed", human_bytes(f.bytes)))
         .unwrap_or_default();
-    progress.end(&format!("{} files in {}{zst_note}", summed.len() + 1, opts.out_dir.display()));
+    progress.end(&format!(
+        "{} files in {}{zst_note}",
+        summed.len() + 1,
+        opts.out_dir.display()
+    ));
 
     Ok(BuildSummary {
         image: opts.out_dir.join(raw_name),
@@ -449,7 +488,8 @@ fn run_stages(
 }
 
 fn compress_zstd_for(raw: &Path, zst: &Path, level: i32) -> Result<u64> {
-    outputs::compress_zstd(raw, zst, level).with_context(|| format!("compressing {}", raw.display()))
+    outputs::compress_zstd(raw, zst, level)
+        .with_context(|| format!("compressing {}", raw.display()))
 }
 
 /// Hash of everything that determines the root tarball: mmdebstrap's arguments and the content
@@ -472,7 +512,12 @@ fn hash_tree(root: &Path, dir: &Path, h: &mut Sha256) -> Result<()> {
     for e in entries {
         let p = e.path();
         let meta = std::fs::symlink_metadata(&p)?;
-        h.update(p.strip_prefix(root).unwrap_or(&p).to_string_lossy().as_bytes());
+        h.update(
+            p.strip_prefix(root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .as_bytes(),
+        );
         h.update(meta.permissions().mode().to_le_bytes());
         if meta.file_type().is_symlink() {
             h.update(std::fs::read_link(&p)?.to_string_lossy().as_bytes());
@@ -485,10 +530,16 @@ fn hash_tree(root: &Path, dir: &Path, h: &mut Sha256) -> Result<()> {
     Ok(())
 }
 
-fn remove_stale(dir: &Path, prefix: &str, suffix: &str) -> Result<()> {
+/// Removes this appliance's older root tarballs (`<name>-<16 hex digits>.tar`), and only those:
+/// another appliance whose name starts the same way keeps its own.
+fn remove_stale_tarballs(dir: &Path, name: &str) -> Result<()> {
     for e in std::fs::read_dir(dir)?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(prefix) && name.ends_with(suffix) {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let key = file
+            .strip_prefix(name)
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|r| r.strip_suffix(".tar"));
+        if key.is_some_and(|k| k.len() == 16 && k.chars().all(|c| c.is_ascii_hexdigit())) {
             let _ = std::fs::remove_file(e.path());
         }
     }

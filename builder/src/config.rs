@@ -161,7 +161,7 @@ impl Default for Debian {
 
 /// Jitsi Meet's own packages. Debian's prosody, nginx, coturn and OpenJDK are installed either
 /// way; `enabled = false` builds the same appliance without Jitsi's repository.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Jitsi {
     pub enabled: bool,
@@ -170,17 +170,6 @@ pub struct Jitsi {
     /// ...or, for offline builds, a directory of `.deb` files (used instead of the repository).
     pub debs: Option<PathBuf>,
     pub packages: Vec<String>,
-}
-
-impl Default for Jitsi {
-    fn default() -> Self {
-        Jitsi {
-            enabled: false,
-            repository: None,
-            debs: None,
-            packages: Vec::new(),
-        }
-    }
 }
 
 /// An apt repository signed by a key whose fingerprint is pinned in the configuration.
@@ -370,9 +359,9 @@ impl<'de> Deserialize<'de> for Size {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
-        if n >= 1 << 30 && n % (1 << 30) == 0 {
+        if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
             write!(f, "{}G", n >> 30)
-        } else if n >= 1 << 20 && n % (1 << 20) == 0 {
+        } else if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
             write!(f, "{}M", n >> 20)
         } else {
             write!(f, "{n}")
@@ -391,7 +380,13 @@ impl Config {
         })?;
         let base_dir = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."))
             .to_path_buf();
         Self::from_str_with(&text, &path.display().to_string(), base_dir, overrides)
@@ -405,10 +400,11 @@ impl Config {
         overrides: &[String],
     ) -> Result<Config> {
         // Parse the file alone first so that errors point at its lines.
-        let mut config: Config = toml::from_str(text).map_err(|e| describe_toml_error(origin, &e))?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| describe_toml_error(origin, text, &e))?;
         if !overrides.is_empty() {
             let mut table: toml::Table =
-                toml::from_str(text).map_err(|e| describe_toml_error(origin, &e))?;
+                toml::from_str(text).map_err(|e| describe_toml_error(origin, text, &e))?;
             for item in overrides {
                 apply_override(&mut table, item)?;
             }
@@ -504,15 +500,33 @@ impl Config {
                 self.data.size
             );
         }
-        if self.data.label.is_empty() || self.data.label.len() > 36 {
-            bail!("{origin}: [data] label must be 1 to 36 characters");
+        // The label becomes part of systemd unit names and the ext4 label (16 bytes at most).
+        let label_ok = !self.data.label.is_empty()
+            && self.data.label.len() <= 16
+            && self
+                .data
+                .label
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !label_ok {
+            bail!(
+                "{origin}: [data] label = {:?}: use 1 to 16 lower-case letters, digits or '_'",
+                self.data.label
+            );
         }
         let mut names = std::collections::BTreeSet::new();
-        let jitsi_repo = self.jitsi.repository.iter().map(|r| ("[jitsi.repository]", r));
+        let jitsi_repo = self
+            .jitsi
+            .repository
+            .iter()
+            .map(|r| ("[jitsi.repository]", r));
         let extra = self.repositories.iter().map(|r| ("[[repositories]]", r));
         for (section, repo) in extra.chain(jitsi_repo) {
             if !names.insert(repo.name.clone()) {
-                bail!("{origin}: two repositories are named {:?}; names must differ", repo.name);
+                bail!(
+                    "{origin}: two repositories are named {:?}; names must differ",
+                    repo.name
+                );
             }
             if repo.key.is_none() == repo.key_url.is_none() {
                 bail!(
@@ -530,10 +544,7 @@ impl Config {
                 );
             }
         }
-        if self.jitsi.enabled
-            && self.jitsi.repository.is_none()
-            && self.jitsi.debs.is_none()
-        {
+        if self.jitsi.enabled && self.jitsi.repository.is_none() && self.jitsi.debs.is_none() {
             bail!("{origin}: [jitsi] enabled = true needs `repository` or `debs` (a directory of .deb files)");
         }
         Ok(())
@@ -548,16 +559,18 @@ pub fn normalize_fingerprint(text: &str) -> Result<String> {
         .collect::<String>()
         .to_ascii_uppercase();
     if !(fp.len() == 40 || fp.len() == 64) || !fp.chars().all(|c| c.is_ascii_hexdigit()) {
-        bail!("{text:?} is not a full key fingerprint (40 hex digits); a short key id is not enough");
+        bail!(
+            "{text:?} is not a full key fingerprint (40 hex digits); a short key id is not enough"
+        );
     }
     Ok(fp)
 }
 
-fn describe_toml_error(origin: &str, e: &toml::de::Error) -> anyhow::Error {
+fn describe_toml_error(origin: &str, input: &str, e: &toml::de::Error) -> anyhow::Error {
     let mut msg = format!("{origin}: {}", e.message());
     if let Some(span) = e.span() {
         // Turn the byte span into a line number a person can jump to.
-        if let Some(input) = e.input() {
+        {
             let line = input[..span.start.min(input.len())].lines().count().max(1);
             let line = if input[..span.start.min(input.len())].ends_with('\n') {
                 line + 1
@@ -569,7 +582,7 @@ fn describe_toml_error(origin: &str, e: &toml::de::Error) -> anyhow::Error {
         }
     }
     if e.message().contains("unknown field") {
-        msg.push_str("\nhint: check the spelling; `appliance build --help` and docs/configuration.md list every key");
+        msg.push_str("\nhint: check the spelling; docs/configuration.md lists every key");
     }
     anyhow::anyhow!(msg)
 }
@@ -586,10 +599,14 @@ fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
         bail!("--set {item:?}: the key {key:?} has an empty part");
     }
     let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or(toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.trim().to_string()),
     };
-    let (last, parents) = parts.split_last().expect("split on '.' yields at least one part");
+    let (last, parents) = parts
+        .split_last()
+        .expect("split on '.' yields at least one part");
     let mut cur = table;
     for p in parents {
         let entry = cur
@@ -654,28 +671,41 @@ mod tests {
         let err = parse("[image]\nname = \"d\"\n[data]\nsize = \"lots\"\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 4") && err.contains("not a size"), "{err}");
+        assert!(
+            err.contains("line 4") && err.contains("not a size"),
+            "{err}"
+        );
     }
 
     #[test]
     fn overrides_apply_and_are_checked() {
-        let c = parse(MINIMAL, &["boot.bios=false", "data.size=\"1G\"", "image.name=other"]).unwrap();
+        let c = parse(
+            MINIMAL,
+            &["boot.bios=false", "data.size=\"1G\"", "image.name=other"],
+        )
+        .unwrap();
         assert!(!c.boot.bios);
         assert_eq!(c.data.size.0, 1 << 30);
         assert_eq!(c.image.name, "other");
         let base = parse(MINIMAL, &[]).unwrap();
         assert_ne!(base.hash, c.hash, "overrides must change the config hash");
-        let err = parse(MINIMAL, &["boot.bois=false"]).unwrap_err().to_string();
+        let err = parse(MINIMAL, &["boot.bois=false"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bois"), "{err}");
         assert!(parse(MINIMAL, &["nonsense"]).is_err());
     }
 
     #[test]
     fn inconsistent_settings_are_refused() {
-        let err = parse(MINIMAL, &["image.arch=\"arm64\""]).unwrap_err().to_string();
+        let err = parse(MINIMAL, &["image.arch=\"arm64\""])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bios"), "{err}");
         assert!(parse(MINIMAL, &["image.arch=\"arm64\"", "boot.bios=false"]).is_ok());
-        let err = parse(MINIMAL, &["jitsi.enabled=true"]).unwrap_err().to_string();
+        let err = parse(MINIMAL, &["jitsi.enabled=true"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("debs"), "{err}");
     }
 
@@ -688,8 +718,7 @@ mod tests {
         };
         let full = "FFD6 5A0D A2BE BDEB 73D4 4C8B B4D2 D216 F1FD 7806";
         assert!(parse(&repo(full, "key = \"k.gpg\""), &[]).is_ok());
-        let err = parse(&repo("B4D2D216F1FD7806", "key = \"k.gpg\""), &[])
-            .unwrap_err();
+        let err = parse(&repo("B4D2D216F1FD7806", "key = \"k.gpg\""), &[]).unwrap_err();
         assert!(format!("{err:#}").contains("short key id"), "{err:#}");
         assert!(parse(&repo(full, ""), &[]).is_err());
         assert_eq!(
@@ -704,6 +733,9 @@ mod tests {
         let c = Config::load(&path, &[]).unwrap();
         assert!(c.jitsi.enabled, "the default appliance includes Jitsi");
         let without = Config::load(&path, &["jitsi.enabled=false".into()]).unwrap();
-        assert!(without.active_repositories().iter().all(|r| r.name != "jitsi"));
+        assert!(without
+            .active_repositories()
+            .iter()
+            .all(|r| r.name != "jitsi"));
     }
 }

@@ -53,7 +53,6 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
     ("arch-test", "arch-test", false, "build"),
     // mmdebstrap's unshare mode, used when the build does not run as root.
     ("newuidmap", "uidmap", false, "build"),
-    ("objcopy", "binutils", false, "build"),
     ("mtype", "mtools", false, "tests"),
     ("veritysetup", "cryptsetup-bin", false, "tests"),
     ("sfdisk", "fdisk", false, "tests"),

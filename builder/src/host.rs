@@ -60,7 +60,9 @@ pub fn run_logged(cmd: &mut Command, log: &Path, mut on_line: impl FnMut(&str)) 
     }
     let _ = t_err.join();
     let _ = t_out.join();
-    let status = child.wait().with_context(|| format!("waiting for {program}"))?;
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {program}"))?;
     if !status.success() {
         let lines: Vec<String> = last.into_iter().collect();
         bail!(
@@ -74,7 +76,10 @@ pub fn run_logged(cmd: &mut Command, log: &Path, mut on_line: impl FnMut(&str)) 
 
 fn forward_lines(r: impl Read, tx: std::sync::mpsc::Sender<String>) {
     for line in BufReader::new(r).split(b'\n').map_while(|l| l.ok()) {
-        if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+        if tx
+            .send(String::from_utf8_lossy(&line).into_owned())
+            .is_err()
+        {
             break;
         }
     }

@@ -1,11 +1,21 @@
 //! `appliance`: builds a read-only, verified Debian disk image from `appliance.toml`.
 //!
-//! The build runs in stages, one module each: configuration, packages (mmdebstrap), the root
-//! file system (overlays), file systems (squashfs, FAT ESP), dm-verity, boot loaders, the
-//! partition table and the outputs.
+//! The build runs in stages, one module each, ordered by [`build`]: configuration ([`config`]),
+//! packages ([`packages`], mmdebstrap), the root file system ([`rootfs`], overlays and hooks),
+//! file systems ([`filesystems`]: squashfs, FAT ESP), dm-verity ([`verity`]), boot loaders
+//! ([`bootloaders`]), the partition table ([`partitions`]) and the outputs ([`outputs`]).
 
 pub mod bootloaders;
+pub mod build;
+pub mod config;
 pub mod doctor;
 pub mod filesystems;
+pub mod host;
+pub mod inspect;
+pub mod outputs;
+pub mod packages;
 pub mod partitions;
+pub mod progress;
+pub mod rootfs;
+pub mod testing;
 pub mod verity;

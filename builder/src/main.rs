@@ -55,7 +55,7 @@ enum Command {
         /// Where the finished image and its companions are written.
         #[arg(long, default_value = "out", value_name = "DIR")]
         out: PathBuf,
-        /// Working directory for intermediate files and the package cache.
+        /// Working directory for intermediate files (the package cache is [packages] cache_dir).
         #[arg(long, default_value = "build", value_name = "DIR")]
         build_dir: PathBuf,
         /// Reinstall packages even if a cached root file system matches the configuration
@@ -158,6 +158,7 @@ fn firmwares(choice: FirmwareChoice) -> Vec<testing::Firmware> {
     match choice {
         FirmwareChoice::Uefi => vec![testing::Firmware::Uefi],
         FirmwareChoice::Bios => vec![testing::Firmware::Bios],
+        // `test_image` drops BIOS for images that cannot boot that way (arm64).
         FirmwareChoice::All => vec![testing::Firmware::Uefi, testing::Firmware::Bios],
     }
 }
@@ -191,7 +192,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "built {} in {:.0} s{}",
                     summary.image.display(),
                     summary.total_seconds,
-                    if summary.rootfs_cached { " (root file system from cache)" } else { "" }
+                    if summary.rootfs_cached {
+                        " (root file system from cache)"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -218,7 +223,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
-            Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Run {
             image,
@@ -235,7 +244,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             testing::run_interactive(&image, fw, keep, &forwards)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect { image, packages, json } => {
+        Command::Inspect {
+            image,
+            packages,
+            json,
+        } => {
             let info = inspect::inspect(&image)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);

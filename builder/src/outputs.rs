@@ -60,10 +60,11 @@ impl Drop for Staged {
 
 /// Compresses `src` into `dst` with zstd on all cores; returns the compressed size.
 pub fn compress_zstd(src: &Path, dst: &Path, level: i32) -> Result<u64> {
-    let mut input = std::fs::File::open(src)
-        .with_context(|| format!("opening {}", src.display()))?;
+    let mut input =
+        std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let out = std::fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
-    let mut enc = zstd::stream::Encoder::new(std::io::BufWriter::with_capacity(1 << 20, out), level)?;
+    let mut enc =
+        zstd::stream::Encoder::new(std::io::BufWriter::with_capacity(1 << 20, out), level)?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -210,7 +211,11 @@ mod tests {
         assert_eq!(back, data);
         let sum = sha256_file(&src).unwrap();
         assert_eq!(sum, hex::encode(Sha256::digest(&data)));
-        let text = sha256sums(&[OutputFile { file: "in".into(), bytes: 1, sha256: sum.clone() }]);
+        let text = sha256sums(&[OutputFile {
+            file: "in".into(),
+            bytes: 1,
+            sha256: sum.clone(),
+        }]);
         assert_eq!(text, format!("{sum}  in\n"));
     }
 }

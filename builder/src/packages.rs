@@ -17,6 +17,7 @@ use crate::host;
 /// Everything mmdebstrap is run with, prepared in the build directory.
 pub struct RootfsPlan {
     pub args: Vec<String>,
+    pub source_date_epoch: u64,
     /// Goes into the cache key of the root tarball.
     pub fingerprint_input: String,
 }
@@ -133,7 +134,15 @@ fn download(url: &str, dest: &Path) -> Result<()> {
     host::run(
         Command::new("curl")
             .args(["--fail", "--silent", "--show-error", "--location"])
-            .args(["--proto", "=https", "--max-time", "60", "--retry", "2", "-o"])
+            .args([
+                "--proto",
+                "=https",
+                "--max-time",
+                "60",
+                "--retry",
+                "2",
+                "-o",
+            ])
             .arg(dest)
             .arg(url),
     )?;
@@ -249,7 +258,11 @@ pub fn plan(
         args.push("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount".into());
     }
     // Packages named in a local directory are installed from the .deb files instead.
-    include.retain(|p| !deb_paths.iter().any(|d| deb_package_name(d).as_deref() == Some(p)));
+    include.retain(|p| {
+        !deb_paths
+            .iter()
+            .any(|d| deb_package_name(d).as_deref() == Some(p))
+    });
     args.push(format!("--include={}", include.join(",")));
     for deb in &deb_paths {
         let abs = std::fs::canonicalize(deb)
@@ -259,9 +272,8 @@ pub fn plan(
     let q = |p: &Path| shell_quote(&p.display().to_string());
     args.extend([
         // openjdk's postinst links its man page even though man pages are excluded.
-        format!(
-            "--setup-hook=mkdir -p \"$1/var/cache/apt/archives\" \"$1/usr/share/man/man1\" \"$1/etc/dracut.conf.d\""
-        ),
+        "--setup-hook=mkdir -p \"$1/var/cache/apt/archives\" \"$1/usr/share/man/man1\" \"$1/etc/dracut.conf.d\""
+            .to_string(),
         format!("--setup-hook=sync-in {} /var/cache/apt/archives/", q(deb_cache)),
         // The initrd configuration must be there before the kernel is installed, so that the
         // kernel's own postinst builds the right initrd once.
@@ -287,6 +299,7 @@ pub fn plan(
     let fingerprint_input = args.join("\n");
     Ok(RootfsPlan {
         args,
+        source_date_epoch: config.image.source_date_epoch,
         fingerprint_input,
     })
 }
@@ -333,7 +346,9 @@ pub fn run_mmdebstrap(
         .arg("--format=tar")
         .args(&args)
         .env("LC_ALL", "C.UTF-8")
-        .env("DEBIAN_FRONTEND", "noninteractive");
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        // Clamps file times and drops build logs, so the same inputs give the same tree.
+        .env("SOURCE_DATE_EPOCH", plan.source_date_epoch.to_string());
     host::run_logged(&mut cmd, log, on_line).context(
         "installing packages with mmdebstrap failed; the log above names the package or hook",
     )
@@ -422,7 +437,10 @@ mod tests {
         let dest = dir.path().join("r.gpg");
         verified_keyring(&c, &c.repositories[0], &dest).unwrap();
         let bytes = std::fs::read(&dest).unwrap();
-        assert!(!bytes.starts_with(b"-----BEGIN"), "keyring must be binary for apt");
+        assert!(
+            !bytes.starts_with(b"-----BEGIN"),
+            "keyring must be binary for apt"
+        );
         assert_eq!(key_fingerprints(&dest).unwrap(), vec![fp]);
     }
 
@@ -433,7 +451,10 @@ mod tests {
         let (_, other) = make_key(dir.path(), "pinned");
         let c = repo_config(dir.path(), &key, &other);
         let dest = dir.path().join("r.gpg");
-        let err = format!("{:#}", verified_keyring(&c, &c.repositories[0], &dest).unwrap_err());
+        let err = format!(
+            "{:#}",
+            verified_keyring(&c, &c.repositories[0], &dest).unwrap_err()
+        );
         assert!(err.contains("mismatch"), "{err}");
         assert!(err.contains(&spaced(&fp)), "names the key found: {err}");
         assert!(err.contains(&spaced(&other)), "names the pinned key: {err}");

@@ -36,11 +36,18 @@ pub fn render(name: &str, template: &str, ctx: &serde_json::Value) -> Result<Str
     let mut env = minijinja::Environment::new();
     // A typo in a template must fail the build, not render as an empty string.
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.set_keep_trailing_newline(true);
+    // Shell scripts and config files end with a newline; keep it. Block tags take their line
+    // with them so templates can be indented for reading.
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .build()?;
+    env.set_syntax(syntax);
     env.add_template(name, template)
         .with_context(|| format!("template {name} does not parse"))?;
     let tmpl = env.get_template(name)?;
-    tmpl.render(ctx)
+    tmpl.render(minijinja::value::Serde(ctx))
         .map_err(|e| anyhow::anyhow!("rendering {name}: {e:#}"))
 }
 
@@ -202,7 +209,11 @@ pub fn extract_boot_files(config: &Config, tar_path: &Path, dir: &Path) -> Resul
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let path = entry.path()?.to_string_lossy().trim_start_matches("./").to_string();
+        let path = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
         if let Some(ver) = path.strip_prefix("boot/vmlinuz-") {
             let out = dir.join(format!("vmlinuz-{ver}"));
             entry.unpack(&out)?;
@@ -222,7 +233,9 @@ pub fn extract_boot_files(config: &Config, tar_path: &Path, dir: &Path) -> Resul
         }
     }
     let Some((kernel_version, kernel)) = kernels.into_iter().next_back() else {
-        bail!("the root file system has no kernel in /boot; is [packages] kernel a kernel package?");
+        bail!(
+            "the root file system has no kernel in /boot; is [packages] kernel a kernel package?"
+        );
     };
     let Some(initrd) = initrds.remove(&kernel_version) else {
         bail!("the root file system has no /boot/initrd.img-{kernel_version}; the initrd generator (dracut) did not run");
@@ -246,9 +259,10 @@ pub fn parse_dpkg_status(status: &str) -> Vec<InstalledPackage> {
                 .lines()
                 .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
         };
-        let installed = field("Status:")
-            .is_some_and(|s| s.split_whitespace().nth(2) == Some("installed"));
-        if let (true, Some(name), Some(version)) = (installed, field("Package:"), field("Version:")) {
+        let installed =
+            field("Status:").is_some_and(|s| s.split_whitespace().nth(2) == Some("installed"));
+        if let (true, Some(name), Some(version)) = (installed, field("Package:"), field("Version:"))
+        {
             pkgs.push(InstalledPackage {
                 name,
                 version,
@@ -275,17 +289,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ov = dir.path().join("ov");
         std::fs::create_dir_all(ov.join("usr/lib/x")).unwrap();
-        std::fs::write(ov.join("usr/lib/x/run.j2"), "#!/bin/sh\necho {{ data.label }} {{ image.name }}\n").unwrap();
-        std::fs::set_permissions(ov.join("usr/lib/x/run.j2"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            ov.join("usr/lib/x/run.j2"),
+            "#!/bin/sh\necho {{ data.label }} {{ image.name }}\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            ov.join("usr/lib/x/run.j2"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::fs::write(ov.join("plain.txt"), "{{ not rendered }}").unwrap();
         let out = dir.path().join("out");
         let c = config(dir.path(), "[data]\nlabel = \"state\"\n");
         render_overlays(&c, &out).unwrap();
         let rendered = std::fs::read_to_string(out.join("usr/lib/x/run")).unwrap();
         assert_eq!(rendered, "#!/bin/sh\necho state t\n");
-        let mode = std::fs::metadata(out.join("usr/lib/x/run")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(out.join("usr/lib/x/run"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
-        assert_eq!(std::fs::read_to_string(out.join("plain.txt")).unwrap(), "{{ not rendered }}");
+        assert_eq!(
+            std::fs::read_to_string(out.join("plain.txt")).unwrap(),
+            "{{ not rendered }}"
+        );
         assert!(!out.join("usr/lib/x/run.j2").exists());
     }
 
@@ -295,7 +323,10 @@ mod tests {
         let ov = dir.path().join("ov");
         std::fs::create_dir_all(&ov).unwrap();
         std::fs::write(ov.join("bad.j2"), "{{ data.lable }}").unwrap();
-        let err = format!("{:#}", render_overlays(&config(dir.path(), ""), &dir.path().join("o")).unwrap_err());
+        let err = format!(
+            "{:#}",
+            render_overlays(&config(dir.path(), ""), &dir.path().join("o")).unwrap_err()
+        );
         assert!(err.contains("bad.j2"), "{err}");
     }
 
@@ -312,7 +343,11 @@ mod tests {
     #[test]
     fn project_overlays_render_with_the_default_config() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let c = Config::load(&root.join("appliance.toml"), &["jitsi.enabled=false".into()]).unwrap();
+        let c = Config::load(
+            &root.join("appliance.toml"),
+            &["jitsi.enabled=false".into()],
+        )
+        .unwrap();
         let out = tempfile::tempdir().unwrap();
         let files = render_overlays(&c, out.path()).unwrap();
         assert!(files.iter().any(|f| f.ends_with("etc/fstab")));

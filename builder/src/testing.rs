@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-pub use appliance_qemu_tests::Firmware;
 use appliance_qemu_tests::scenarios::{self, ImageUnderTest};
+pub use appliance_qemu_tests::Firmware;
 use appliance_qemu_tests::{accel, machine::UefiFirmware, Arch};
 
 use crate::build::LABEL_ROOT_A;
@@ -74,12 +74,23 @@ pub fn test_image(
     }
     let img = image_under_test(image)?;
     let choice = accel::select(img.arch)?;
+    // Only x86 images carry a BIOS boot loader.
+    let firmwares: Vec<Firmware> = firmwares
+        .iter()
+        .copied()
+        .filter(|f| *f == Firmware::Uefi || img.arch == Arch::X86_64)
+        .collect();
     let say = |s: String| {
         if !quiet {
             eprintln!("{s}");
         }
     };
-    say(format!("testing {} ({}; {})", image.display(), img.arch, choice.reason));
+    say(format!(
+        "testing {} ({}; {})",
+        image.display(),
+        img.arch,
+        choice.reason
+    ));
     let mut report = TestReport {
         image: image.to_path_buf(),
         accel: choice.reason.clone(),
@@ -88,9 +99,12 @@ pub fn test_image(
         failures: Vec::new(),
         passed: false,
     };
-    for fw in firmwares {
+    for fw in &firmwares {
         let dir = workdir.join(format!("{fw:?}").to_lowercase());
-        say(format!("{fw:?}: first and second boot of a disk grown to {} GiB ...", scenarios::GROWN_DISK_BYTES >> 30));
+        say(format!(
+            "{fw:?}: first and second boot of a disk grown to {} GiB ...",
+            scenarios::GROWN_DISK_BYTES >> 30
+        ));
         match scenarios::first_and_second_boot(&img, *fw, &dir, timeout) {
             Ok(outcomes) => {
                 for o in outcomes {
@@ -116,7 +130,9 @@ pub fn test_image(
     }
     if tamper {
         let fw = firmwares.first().copied().unwrap_or(Firmware::Uefi);
-        say(format!("{fw:?}: booting with one byte of the root partition changed ..."));
+        say(format!(
+            "{fw:?}: booting with one byte of the root partition changed ..."
+        ));
         match scenarios::tampered_root_is_refused(&img, fw, &workdir.join("tamper"), timeout) {
             Ok(t) => {
                 say(format!(
@@ -135,13 +151,22 @@ pub fn test_image(
     say(if report.passed {
         format!("all checks passed ({} boots)", report.boots.len())
     } else {
-        format!("{} check(s) failed; console logs are in {}", report.failures.len(), workdir.display())
+        format!(
+            "{} check(s) failed; console logs are in {}",
+            report.failures.len(),
+            workdir.display()
+        )
     });
     Ok(report)
 }
 
 /// Boots the image with the serial console on this terminal.
-pub fn run_interactive(image: &Path, firmware: Firmware, keep: bool, forwards: &[String]) -> Result<()> {
+pub fn run_interactive(
+    image: &Path,
+    firmware: Firmware,
+    keep: bool,
+    forwards: &[String],
+) -> Result<()> {
     let img = image_under_test(image)?;
     let choice = accel::select(img.arch)?;
     let mut args: Vec<String> = Vec::new();
@@ -151,20 +176,46 @@ pub fn run_interactive(image: &Path, firmware: Firmware, keep: bool, forwards: &
         Arch::Aarch64 => args.extend(["-machine".into(), "virt".into()]),
     }
     args.extend(choice.qemu_args());
-    args.extend(["-m", "2048", "-smp", "2", "-nodefaults", "-display", "none", "-serial", "mon:stdio"].map(String::from));
+    args.extend(
+        [
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-serial",
+            "mon:stdio",
+        ]
+        .map(String::from),
+    );
     if firmware == Firmware::Uefi {
         let fw = UefiFirmware::for_arch(img.arch);
         let vars = vars_dir.path().join("vars.fd");
         std::fs::copy(&fw.vars_template, &vars).with_context(|| {
-            format!("UEFI firmware {} is missing (package {})", fw.vars_template.display(), fw.package)
+            format!(
+                "UEFI firmware {} is missing (package {})",
+                fw.vars_template.display(),
+                fw.package
+            )
         })?;
         if let Some(size) = fw.pflash_size {
-            std::fs::OpenOptions::new().write(true).open(&vars)?.set_len(size)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&vars)?
+                .set_len(size)?;
         }
         args.push("-drive".into());
-        args.push(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", fw.code.display()));
+        args.push(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            fw.code.display()
+        ));
         args.push("-drive".into());
-        args.push(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+        args.push(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ));
     } else if img.arch == Arch::Aarch64 {
         bail!("arm64 images boot with UEFI only; use --firmware uefi");
     }
@@ -179,16 +230,35 @@ pub fn run_interactive(image: &Path, firmware: Firmware, keep: bool, forwards: &
         let (h, g) = f
             .split_once(':')
             .with_context(|| format!("--forward {f:?}: expected HOST:GUEST, e.g. 8443:443"))?;
-        let h: u16 = h.parse().with_context(|| format!("--forward {f:?}: bad host port"))?;
-        let g: u16 = g.parse().with_context(|| format!("--forward {f:?}: bad guest port"))?;
+        let h: u16 = h
+            .parse()
+            .with_context(|| format!("--forward {f:?}: bad host port"))?;
+        let g: u16 = g
+            .parse()
+            .with_context(|| format!("--forward {f:?}: bad guest port"))?;
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{h}-:{g}"));
     }
-    args.extend(["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=n0".into()]);
-    eprintln!("{}; Ctrl-a x quits{}", choice.reason, if keep { "" } else { "; changes are discarded" });
+    args.extend([
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        "virtio-net-pci,netdev=n0".into(),
+    ]);
+    eprintln!(
+        "{}; Ctrl-a x quits{}",
+        choice.reason,
+        if keep { "" } else { "; changes are discarded" }
+    );
     let status = std::process::Command::new(img.arch.qemu_binary())
         .args(&args)
         .status()
-        .with_context(|| format!("cannot start {} (package {})", img.arch.qemu_binary(), img.arch.qemu_package()))?;
+        .with_context(|| {
+            format!(
+                "cannot start {} (package {})",
+                img.arch.qemu_binary(),
+                img.arch.qemu_package()
+            )
+        })?;
     if !status.success() {
         bail!("QEMU exited with {status}");
     }

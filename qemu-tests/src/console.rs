@@ -143,6 +143,25 @@ impl Console {
         needles: &[&str],
         timeout: Duration,
     ) -> Result<ConsoleMatch, WaitFailure> {
+        self.wait_for(needles, timeout, true)
+    }
+
+    /// Like [`Console::wait_for_any`], but only complete lines count: for lines that are parsed
+    /// whole, such as the boot report, which can arrive in several pieces.
+    pub(crate) fn wait_for_complete_line(
+        &self,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> Result<ConsoleMatch, WaitFailure> {
+        self.wait_for(needles, timeout, false)
+    }
+
+    fn wait_for(
+        &self,
+        needles: &[&str],
+        timeout: Duration,
+        allow_partial: bool,
+    ) -> Result<ConsoleMatch, WaitFailure> {
         let deadline = Instant::now() + timeout;
         let (state, cond) = &*self.shared;
         let mut cursor = lock(&self.cursor);
@@ -166,7 +185,7 @@ impl Console {
                 }
             }
             // A prompt such as "login: " never gets its newline, so look at the partial too.
-            if *cursor == st.lines.len() && !st.partial.is_empty() {
+            if allow_partial && *cursor == st.lines.len() && !st.partial.is_empty() {
                 if let Some(m) = find(&st.partial_line()) {
                     *cursor += 1;
                     return Ok(m);
@@ -222,6 +241,19 @@ mod tests {
         );
         assert_eq!(c.last_lines(2), ["login: root", "after"]);
         assert!(c.text().starts_with("one\r\n"));
+    }
+
+    #[test]
+    fn complete_line_wait_ignores_a_line_still_arriving() {
+        let (c, mut peer) = pair();
+        peer.write_all(b"REPORT a=1 b=").unwrap();
+        let short = Duration::from_millis(200);
+        assert!(c.wait_for_complete_line(&["REPORT"], short).is_err());
+        peer.write_all(b"2 c=3\n").unwrap();
+        let m = c
+            .wait_for_complete_line(&["REPORT"], Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(m.line, "REPORT a=1 b=2 c=3");
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub fn boot_and_report(
     let mut trouble: Vec<String> = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match machine.wait_for_any(&needles, left) {
+        match machine.wait_for_complete_line(&needles, left) {
             Ok(m) if m.index == 0 => {
                 let elapsed = machine.started.elapsed();
                 let report = BootReport::parse(&m.line)

@@ -438,7 +438,31 @@ impl Machine {
 
     /// Waits for the first console line containing any of `needles` since the previous wait.
     pub fn wait_for_any(&self, needles: &[&str], timeout: Duration) -> Result<ConsoleMatch> {
-        match self.console.wait_for_any(needles, timeout) {
+        self.describe_wait(
+            needles,
+            timeout,
+            self.console.wait_for_any(needles, timeout),
+        )
+    }
+
+    /// Like [`Machine::wait_for_any`], but matches only complete lines (never one still
+    /// arriving), for lines that are parsed whole.
+    pub fn wait_for_complete_line(
+        &self,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> Result<ConsoleMatch> {
+        let r = self.console.wait_for_complete_line(needles, timeout);
+        self.describe_wait(needles, timeout, r)
+    }
+
+    fn describe_wait(
+        &self,
+        needles: &[&str],
+        timeout: Duration,
+        result: std::result::Result<ConsoleMatch, WaitFailure>,
+    ) -> Result<ConsoleMatch> {
+        match result {
             Ok(m) => Ok(m),
             Err(WaitFailure::Timeout) => Err(anyhow!(
                 "timed out after {:.1}s waiting for {needles:?} on the serial console\n{}",

@@ -106,7 +106,7 @@ impl BootReport {
             "the root filesystem is not squashfs",
         );
         equals("verity", "verified", "dm-verity is not verifying the root");
-        for key in ["var_log", "tmp", "var_tmp"] {
+        for key in ["var_log", "tmp", "var_tmp", "var_cache"] {
             equals(key, "tmpfs", "it must be a tmpfs on a read-only appliance");
         }
         equals(
@@ -145,6 +145,15 @@ impl BootReport {
                 expect.min_data_part_bytes
             )),
             Some(_) => {}
+        }
+        // ext4 keeps a few percent for itself; a file system that was not grown along with its
+        // partition would be far below 90 %.
+        match (self.get_u64("data_fs_bytes"), self.get_u64("data_part_bytes")) {
+            (Some(fs), Some(part)) if fs * 10 < part * 9 => problems.push(format!(
+                "data_fs_bytes={fs} is less than 90 % of data_part_bytes={part}: the file system was not grown with its partition"
+            )),
+            (None, _) => problems.push(self.missing_or_nan("data_fs_bytes")),
+            _ => {}
         }
         match self.get_u64("firstboot_runs") {
             None => problems.push(self.missing_or_nan("firstboot_runs")),

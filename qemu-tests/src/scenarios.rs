@@ -40,16 +40,24 @@ pub fn first_and_second_boot(
     workdir: &Path,
     timeout: Duration,
 ) -> Result<Vec<BootOutcome>> {
+    // Start clean: console logs of an earlier run must not be mistaken for this one's.
+    let _ = std::fs::remove_dir_all(workdir);
     std::fs::create_dir_all(workdir)?;
     let disk = workdir.join("disk.qcow2");
     overlay(&img.image, &disk, GROWN_DISK_BYTES)?;
     let mut outcomes = Vec::new();
     for boot in 1..=2u64 {
-        let mut cfg = MachineConfig::new(img.arch, firmware, &disk, workdir.join(format!("boot{boot}")));
+        let mut cfg = MachineConfig::new(
+            img.arch,
+            firmware,
+            &disk,
+            workdir.join(format!("boot{boot}")),
+        );
         cfg.disk_format = "qcow2".into();
         cfg.snapshot = false;
-        let (machine, report, elapsed) = boot_and_report(&cfg, timeout)
-            .with_context(|| format!("{firmware:?} boot {boot} did not reach the readiness marker"))?;
+        let (machine, report, elapsed) = boot_and_report(&cfg, timeout).with_context(|| {
+            format!("{firmware:?} boot {boot} did not reach the readiness marker")
+        })?;
         let problems = report.check_foundation(&Expect {
             boot,
             firstboot_runs: 1,
@@ -89,7 +97,9 @@ pub fn power_off_cleanly(machine: Machine) -> Result<()> {
         Err(e) => {
             let diag = machine.diagnostics();
             let _ = machine.power_off();
-            Err(e.context(format!("the guest did not power off after the ACPI request\n{diag}")))
+            Err(e.context(format!(
+                "the guest did not power off after the ACPI request\n{diag}"
+            )))
         }
     }
 }
@@ -111,6 +121,7 @@ pub fn tampered_root_is_refused(
     workdir: &Path,
     timeout: Duration,
 ) -> Result<TamperOutcome> {
+    let _ = std::fs::remove_dir_all(workdir);
     std::fs::create_dir_all(workdir)?;
     let disk = workdir.join("tampered.qcow2");
     let image_len = std::fs::metadata(&img.image)?.len();
@@ -183,7 +194,9 @@ fn run(cmd: &mut Command) -> Result<()> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd.output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            anyhow::anyhow!("{program} is not installed (package qemu-utils); run `appliance doctor --install`")
+            anyhow::anyhow!(
+                "{program} is not installed (package qemu-utils); run `appliance doctor --install`"
+            )
         } else {
             anyhow::anyhow!("cannot run {program}: {e}")
         }

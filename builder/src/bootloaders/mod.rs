@@ -38,9 +38,14 @@ pub fn kernel_cmdline(config: &Config, root: &RootSpec) -> String {
         RootSpec::Plain { partuuid } => args.push(format!("root=PARTUUID={partuuid}")),
     }
     args.extend(
-        ["rootfstype=squashfs", "ro", "apparmor=1", "security=apparmor"]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "rootfstype=squashfs",
+            "ro",
+            "apparmor=1",
+            "security=apparmor",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     // Graphical console first, serial last: the last one becomes /dev/console.
     args.push(match config.image.arch {

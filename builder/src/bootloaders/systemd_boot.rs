@@ -8,7 +8,9 @@ pub fn loader_conf(default_entry: &str, timeout_secs: u32) -> String {
 
 /// One Boot Loader Specification (type #1) entry.
 pub fn entry(title: &str, version: &str, kernel: &str, initrd: &str, cmdline: &str) -> String {
-    format!("title {title}\nversion {version}\nlinux {kernel}\ninitrd {initrd}\noptions {cmdline}\n")
+    format!(
+        "title {title}\nversion {version}\nlinux {kernel}\ninitrd {initrd}\noptions {cmdline}\n"
+    )
 }
 
 #[cfg(test)]

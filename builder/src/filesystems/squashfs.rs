@@ -37,7 +37,11 @@ pub fn from_tar(tar: &Path, out: &Path, compression: &str, source_date_epoch: u6
     let out_put = child.wait_with_output().context("waiting for mksquashfs")?;
     let stderr = String::from_utf8_lossy(&out_put.stderr);
     if !out_put.status.success() {
-        bail!("mksquashfs failed ({}):\n{}", out_put.status, host::tail(&stderr, 20));
+        bail!(
+            "mksquashfs failed ({}):\n{}",
+            out_put.status,
+            host::tail(&stderr, 20)
+        );
     }
     Ok(())
 }

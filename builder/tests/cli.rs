@@ -1,0 +1,132 @@
+//! The command line as a user meets it: help that teaches, and clear errors (file, key, fix)
+//! instead of panics or backtraces.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn appliance(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_appliance"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("the appliance binary runs")
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_clean_error(o: &Output) {
+    let e = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success: {e}");
+    assert!(!e.contains("panicked"), "a panic reached the user: {e}");
+    assert!(
+        !e.contains("stack backtrace"),
+        "a backtrace reached the user: {e}"
+    );
+    assert!(
+        e.lines().any(|l| l.starts_with("error: ")),
+        "errors are reported on a line starting with `error: `: {e}"
+    );
+}
+
+#[test]
+fn help_lists_every_command_and_the_jitsi_switch() {
+    let o = appliance(&["--help"], &repo_root());
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for cmd in ["build", "test", "run", "inspect", "doctor"] {
+        assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
+    }
+    assert!(text.contains("jitsi.enabled=false"), "{text}");
+    let o = appliance(&["build", "--help"], &repo_root());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("--set") && text.contains("--refresh"),
+        "{text}"
+    );
+}
+
+#[test]
+fn missing_config_file_says_where_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = appliance(&["build"], dir.path());
+    assert_clean_error(&o);
+    assert!(stderr(&o).contains("appliance.toml"), "{}", stderr(&o));
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("appliance.toml"),
+        "[image]\nname = \"x\"\n\n[root]\nverity = true\ncompresion = \"zstd\"\n",
+    )
+    .unwrap();
+    let o = appliance(&["build"], dir.path());
+    assert_clean_error(&o);
+    let e = stderr(&o);
+    assert!(
+        e.contains("appliance.toml") && e.contains("line 6") && e.contains("compresion"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_override_is_named() {
+    let o = appliance(
+        &[
+            "build",
+            "--set",
+            "boot.uefi=maybe",
+            "--set",
+            "boot.bios=false",
+        ],
+        &repo_root(),
+    );
+    assert_clean_error(&o);
+    assert!(stderr(&o).contains("--set"), "{}", stderr(&o));
+}
+
+#[test]
+fn unreachable_jitsi_repository_stops_the_build_with_the_fix() {
+    let out = tempfile::tempdir().unwrap();
+    let o = appliance(
+        &[
+            "build",
+            "--config",
+            &repo_root().join("appliance.toml").display().to_string(),
+            // Port 9 on loopback refuses at once: the same failure as an unreachable repository.
+            "--set",
+            "jitsi.repository.key_url=\"https://127.0.0.1:9/jitsi-key.gpg.key\"",
+            "--out",
+            &out.path().join("out").display().to_string(),
+            "--build-dir",
+            &out.path().join("build").display().to_string(),
+        ],
+        out.path(),
+    );
+    assert_clean_error(&o);
+    let e = stderr(&o);
+    assert!(e.contains("\"jitsi\"") && e.contains("signing key"), "{e}");
+    assert!(
+        e.contains("--set jitsi.enabled=false"),
+        "the error says how to build without it: {e}"
+    );
+    assert!(!out.path().join("out/jitsi-appliance.raw").exists());
+}
+
+#[test]
+fn inspect_of_a_non_image_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("not-an-image.raw");
+    std::fs::write(&f, vec![0u8; 1 << 20]).unwrap();
+    let o = appliance(&["inspect", &f.display().to_string()], dir.path());
+    assert_clean_error(&o);
+    assert!(stderr(&o).contains("not-an-image.raw"), "{}", stderr(&o));
+}
