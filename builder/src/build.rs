@@ -70,7 +70,7 @@ fn round_up(n: u64, to: u64) -> u64 {
 
 pub fn build(config: &Config, opts: &BuildOptions) -> Result<BuildSummary> {
     let name = &config.image.name;
-    let work = opts.build_dir.join(name);
+    let work = opts.build_dir.join(format!("{name}-{}", config.image.arch));
     std::fs::create_dir_all(&work)
         .with_context(|| format!("cannot create the build directory {}", work.display()))?;
     let cache_dir = config.resolve(&config.packages.cache_dir);
@@ -252,7 +252,7 @@ fn run_stages(
             ),
         });
     }
-    if config.boot.bios {
+    if config.bios() {
         esp_files.push(esp::EspFile {
             path: "grub/grub.cfg".into(),
             source: esp::EspSource::Bytes(
@@ -286,7 +286,7 @@ fn run_stages(
     let hash_slot = round_up(verity::hash_device_size(slot), ALIGN);
     let mut specs = Vec::new();
     let bios_size = ALIGN;
-    if config.boot.bios {
+    if config.bios() {
         specs.push(PartitionSpec {
             label: LABEL_BIOS.into(),
             type_guid: types::BIOS_BOOT,
@@ -350,7 +350,7 @@ fn run_stages(
     });
     let mut layout = partitions::plan(derived_uuid(config, "disk"), specs)?;
     let mut mbr_code = None;
-    if config.boot.bios {
+    if config.bios() {
         let bios = layout
             .by_label(LABEL_BIOS)
             .context("the BIOS boot partition is missing from the layout")?;
@@ -383,7 +383,7 @@ fn run_stages(
         } else {
             ""
         },
-        if config.boot.bios { ", BIOS GRUB" } else { "" }
+        if config.bios() { ", BIOS GRUB" } else { "" }
     ));
 
     // 6. The disk image.

@@ -239,7 +239,8 @@ impl Default for Overlays {
 #[serde(deny_unknown_fields, default)]
 pub struct Boot {
     pub uefi: bool,
-    pub bios: bool,
+    /// Legacy BIOS boot (GRUB). Default: on for x86_64, off for arm64 (which has no BIOS).
+    pub bios: Option<bool>,
     /// Seconds the boot menu waits (0: boot at once; a key press still shows the menu).
     pub timeout: u32,
     /// Extra kernel command-line arguments.
@@ -252,7 +253,7 @@ impl Default for Boot {
     fn default() -> Self {
         Boot {
             uefi: true,
-            bios: true,
+            bios: None,
             timeout: 0,
             cmdline: Vec::new(),
             esp_size: Size(256 << 20),
@@ -432,6 +433,11 @@ impl Config {
         }
     }
 
+    /// Whether the image boots with a legacy BIOS (GRUB) as well.
+    pub fn bios(&self) -> bool {
+        self.boot.bios.unwrap_or(self.image.arch == Arch::X86_64)
+    }
+
     /// The kernel package to install.
     pub fn kernel_package(&self) -> String {
         if !self.packages.kernel.is_empty() {
@@ -479,10 +485,10 @@ impl Config {
                 self.root.compression
             );
         }
-        if !self.boot.uefi && !self.boot.bios {
+        if !self.boot.uefi && !self.bios() {
             bail!("{origin}: [boot] uefi and bios are both false; enable at least one");
         }
-        if self.boot.bios && self.image.arch != Arch::X86_64 {
+        if self.bios() && self.image.arch != Arch::X86_64 {
             bail!(
                 "{origin}: [boot] bios = true needs arch = \"x86_64\"; set bios = false for {}",
                 self.image.arch
@@ -637,7 +643,7 @@ mod tests {
         let c = parse(MINIMAL, &[]).unwrap();
         assert_eq!(c.image.arch, Arch::X86_64);
         assert_eq!(c.debian.suite, "bookworm");
-        assert!(c.boot.uefi && c.boot.bios && c.root.verity);
+        assert!(c.boot.uefi && c.bios() && c.root.verity);
         assert_eq!(c.kernel_package(), "linux-image-cloud-amd64");
         assert_eq!(c.image.formats, vec![Format::Raw, Format::RawZst]);
         assert_eq!(c.hash.len(), 64);
@@ -684,7 +690,7 @@ mod tests {
             &["boot.bios=false", "data.size=\"1G\"", "image.name=other"],
         )
         .unwrap();
-        assert!(!c.boot.bios);
+        assert!(!c.bios());
         assert_eq!(c.data.size.0, 1 << 30);
         assert_eq!(c.image.name, "other");
         let base = parse(MINIMAL, &[]).unwrap();
@@ -698,7 +704,9 @@ mod tests {
 
     #[test]
     fn inconsistent_settings_are_refused() {
-        let err = parse(MINIMAL, &["image.arch=\"arm64\""])
+        let arm = parse(MINIMAL, &["image.arch=\"arm64\""]).unwrap();
+        assert!(!arm.bios(), "arm64 has no BIOS: off unless asked for");
+        let err = parse(MINIMAL, &["image.arch=\"arm64\"", "boot.bios=true"])
             .unwrap_err()
             .to_string();
         assert!(err.contains("bios"), "{err}");

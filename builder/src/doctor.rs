@@ -66,6 +66,9 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
         false,
         "tests",
     ),
+    // Building arm64 images on an x86_64 host runs arm64 programs through qemu-user, which
+    // the kernel must know as a binfmt_misc handler.
+    (BINFMT_AARCH64, "qemu-user-static", true, "arm64"),
     // Only handy for looking into outputs by hand (the build uses the zstd crate), so it must
     // not block `appliance build`.
     ("zstd", "zstd", false, "tests"),
@@ -75,6 +78,7 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
 const MIN_QEMU_MAJOR: u32 = 8;
 
 const BACKPORTS: &str = "bookworm-backports";
+const BINFMT_AARCH64: &str = "/proc/sys/fs/binfmt_misc/qemu-aarch64";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 const BACKPORTS_SOURCE_FILE: &str = "/etc/apt/sources.list.d/appliance-bookworm-backports.sources";
 const APT_INSTALL: &str = "apt-get install -y --no-install-recommends";
@@ -83,6 +87,8 @@ const APT_INSTALL: &str = "apt-get install -y --no-install-recommends";
 pub fn check_host() -> Vec<Check> {
     REQUIREMENTS
         .iter()
+        // An arm64 host runs arm64 programs natively.
+        .filter(|r| !(r.0 == BINFMT_AARCH64 && std::env::consts::ARCH == "aarch64"))
         .map(|&(what, package, backports, purpose)| {
             let mut check = Check {
                 what: what.to_string(),
@@ -93,7 +99,7 @@ pub fn check_host() -> Vec<Check> {
                 problem: None,
             };
             if what.starts_with('/') {
-                if Path::new(what).is_file() {
+                if Path::new(what).exists() {
                     check.found = Some(what.to_string());
                 }
             } else if let Some(path) = host::find_program(what) {
@@ -320,6 +326,12 @@ pub fn install(checks: &[Check]) -> Result<()> {
     if !backports.is_empty() {
         run_visible(apt_install().args(["-t", BACKPORTS]).args(&backports))?;
     }
+    if checks
+        .iter()
+        .any(|c| c.what == BINFMT_AARCH64 && c.needs_install())
+    {
+        register_binfmt_aarch64()?;
+    }
     let still_missing: Vec<String> = missing(&check_host())
         .iter()
         .map(|c| c.what.clone())
@@ -331,6 +343,27 @@ pub fn install(checks: &[Check]) -> Result<()> {
         );
     }
     println!("All host tools are installed.");
+    Ok(())
+}
+
+/// Registers qemu-user's aarch64 handler. Where systemd is not PID 1 (containers, CI runners)
+/// nothing does this at boot, and binfmt_misc may not even be mounted.
+fn register_binfmt_aarch64() -> Result<()> {
+    let binfmt = Path::new("/proc/sys/fs/binfmt_misc");
+    if !binfmt.join("register").exists() {
+        host::run(
+            Command::new("mount")
+                .args(["-t", "binfmt_misc", "binfmt_misc"])
+                .arg(binfmt),
+        )
+        .context("mounting binfmt_misc (needed to run arm64 programs while building)")?;
+    }
+    if !Path::new(BINFMT_AARCH64).exists() {
+        host::run(
+            Command::new("/lib/systemd/systemd-binfmt").arg("/usr/lib/binfmt.d/qemu-aarch64.conf"),
+        )
+        .context("registering qemu-aarch64 with binfmt_misc")?;
+    }
     Ok(())
 }
 

@@ -175,6 +175,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let c = Config::load(&config.config, &config.overrides)?;
             doctor::require("build")?;
+            if c.image.arch == appliance::config::Arch::Arm64 && std::env::consts::ARCH != "aarch64"
+            {
+                doctor::require("arm64")?;
+            }
             let summary = build::build(
                 &c,
                 &BuildOptions {
@@ -268,7 +272,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     print!("{}", doctor::report(&after));
                     anyhow::bail!("some tools are still missing after installing");
                 }
-                println!("all host tools are installed");
             } else if !doctor::missing(&checks).is_empty() {
                 return Ok(ExitCode::from(1));
             }

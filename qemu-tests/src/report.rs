@@ -200,7 +200,7 @@ mod tests {
 
     const GOOD: &str = "APPLIANCE-READY boot=2 failed_units=0 failed=none \
         root_source=/dev/mapper/root root_fstype=squashfs root_opts=ro verity=verified \
-        var_log=tmpfs tmp=tmpfs var_tmp=tmpfs journal_persistent=no apparmor=Y \
+        var_log=tmpfs tmp=tmpfs var_tmp=tmpfs var_cache=tmpfs journal_persistent=no apparmor=Y \
         data_fstype=ext4 data_opts=rw data_part_bytes=4293918720 data_fs_bytes=4160000000 \
         firstboot_runs=1 uptime=23.41";
 
@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(r.get("nope"), None);
         assert_eq!(r.get_u64("root_fstype"), None);
         assert_eq!(r.pairs().next(), Some(("boot", "2")));
-        assert_eq!(r.pairs().count(), 19);
+        assert_eq!(r.pairs().count(), 20);
     }
 
     #[test]
@@ -284,6 +284,12 @@ mod tests {
             ("var_log", "ext4", "var_log=ext4, expected tmpfs"),
             ("tmp", "squashfs", "tmp=squashfs, expected tmpfs"),
             ("var_tmp", "none", "var_tmp=none, expected tmpfs"),
+            ("var_cache", "ext4", "var_cache=ext4, expected tmpfs"),
+            (
+                "data_fs_bytes",
+                "268435456",
+                "the file system was not grown with its partition",
+            ),
             (
                 "journal_persistent",
                 "yes",
@@ -336,6 +342,7 @@ mod tests {
             "root_opts",
             "data_opts",
             "data_part_bytes",
+            "data_fs_bytes",
             "firstboot_runs",
             "boot",
         ] {
@@ -344,6 +351,6 @@ mod tests {
                 "{key}: {problems:?}"
             );
         }
-        assert_eq!(problems.len(), 15, "{problems:?}");
+        assert_eq!(problems.len(), 17, "{problems:?}");
     }
 }
