@@ -8,8 +8,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::bootloaders::{self, grub_bios, systemd_boot, RootSpec};
-use crate::config::{Arch, Config, Format};
+use crate::bootloaders::{self, grub_bios, raspberry_pi, systemd_boot, RootSpec};
+use crate::config::{Arch, Board, Config, Format};
 use crate::filesystems::{esp, squashfs};
 use crate::outputs::{self, Manifest, ManifestVerity, OutputFile, Staged};
 use crate::packages;
@@ -267,6 +267,37 @@ fn run_stages(
             ),
         });
     }
+    if config.image.board == Board::RaspberryPi {
+        if contents.raspberry_pi_files.is_empty() {
+            bail!("board = \"raspberry-pi\" but the image has no Pi firmware (package raspi-firmware)");
+        }
+        for (name, path) in &contents.raspberry_pi_files {
+            esp_files.push(esp::EspFile {
+                path: name.clone(),
+                source: esp::EspSource::File(path.clone()),
+            });
+        }
+        // The Pi firmware loads the kernel and initrd from the top of the FAT partition.
+        esp_files.push(esp::EspFile {
+            path: raspberry_pi::KERNEL.into(),
+            source: esp::EspSource::File(contents.kernel.clone()),
+        });
+        esp_files.push(esp::EspFile {
+            path: raspberry_pi::INITRD.into(),
+            source: esp::EspSource::File(contents.initrd.clone()),
+        });
+        esp_files.push(esp::EspFile {
+            path: "config.txt".into(),
+            source: esp::EspSource::Bytes(raspberry_pi::config_txt().into_bytes()),
+        });
+        esp_files.push(esp::EspFile {
+            path: "cmdline.txt".into(),
+            source: esp::EspSource::Bytes(
+                raspberry_pi::cmdline_txt(&bootloaders::root_cmdline(config, &root_spec))
+                    .into_bytes(),
+            ),
+        });
+    }
     let esp_img = work.join("esp.img");
     esp::write_esp(
         &esp_img,
@@ -433,6 +464,10 @@ fn run_stages(
         tool_version: env!("CARGO_PKG_VERSION").into(),
         config_hash: config.hash.clone(),
         arch: config.image.arch.to_string(),
+        board: match config.image.board {
+            Board::Generic => "generic".into(),
+            Board::RaspberryPi => "raspberry-pi".into(),
+        },
         debian_suite: config.debian.suite.clone(),
         jitsi: config.jitsi.enabled,
         kernel_version: contents.kernel_version.clone(),

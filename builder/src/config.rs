@@ -50,12 +50,26 @@ pub struct Image {
     pub name: String,
     #[serde(default)]
     pub arch: Arch,
+    /// `generic` (UEFI/BIOS machines, VPS, clouds) or `raspberry-pi` (arm64 only: the ESP also
+    /// carries the Raspberry Pi firmware, config.txt and cmdline.txt, so the same image boots on
+    /// a Pi 4 and on arm64 UEFI machines).
+    #[serde(default)]
+    pub board: Board,
     /// Output formats written to the output directory.
     #[serde(default = "default_formats")]
     pub formats: Vec<Format>,
     /// Reproducible timestamps (seconds since 1970) for files in the image.
     #[serde(default = "default_source_date_epoch")]
     pub source_date_epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Board {
+    #[default]
+    #[serde(rename = "generic")]
+    Generic,
+    #[serde(rename = "raspberry-pi")]
+    RaspberryPi,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -443,7 +457,20 @@ impl Config {
         if !self.packages.kernel.is_empty() {
             return self.packages.kernel.clone();
         }
-        format!("linux-image-cloud-{}", self.image.arch.debian())
+        match self.image.board {
+            // The Pi needs the full arm64 kernel (its SD, USB and network drivers).
+            Board::RaspberryPi => "linux-image-arm64".into(),
+            Board::Generic => format!("linux-image-cloud-{}", self.image.arch.debian()),
+        }
+    }
+
+    /// Debian components: the configured ones, plus non-free-firmware for the Pi's boot firmware.
+    pub fn components(&self) -> Vec<String> {
+        let mut c = self.debian.components.clone();
+        if self.image.board == Board::RaspberryPi && !c.iter().any(|x| x == "non-free-firmware") {
+            c.push("non-free-firmware".into());
+        }
+        c
     }
 
     /// Repositories in use: the extra ones, plus Jitsi's when enabled and not built offline.
@@ -483,6 +510,11 @@ impl Config {
             bail!(
                 "{origin}: [root] compression = {:?}; use zstd, xz, gzip or lz4",
                 self.root.compression
+            );
+        }
+        if self.image.board == Board::RaspberryPi && self.image.arch != Arch::Arm64 {
+            bail!(
+                "{origin}: [image] board = \"raspberry-pi\" needs arch = \"arm64\" (64-bit Pi 4 and later)"
             );
         }
         if !self.boot.uefi && !self.bios() {

@@ -144,6 +144,7 @@ pub struct Manifest {
     pub tool_version: String,
     pub config_hash: String,
     pub arch: String,
+    pub board: String,
     pub debian_suite: String,
     pub jitsi: bool,
     pub kernel_version: String,

@@ -152,7 +152,7 @@ fn download(url: &str, dest: &Path) -> Result<()> {
 /// One `deb` line per source: Debian (with updates and security) and the active repositories.
 pub fn sources(config: &Config, keyrings: &[(String, PathBuf)]) -> Vec<String> {
     let d = &config.debian;
-    let comps = d.components.join(" ");
+    let comps = config.components().join(" ");
     let mut lines = vec![format!("deb {} {} {}", d.mirror, d.suite, comps)];
     if d.updates {
         lines.push(format!("deb {} {}-updates {}", d.mirror, d.suite, comps));
@@ -201,6 +201,9 @@ pub fn local_debs(dir: &Path) -> Result<Vec<PathBuf>> {
 /// The package list passed to mmdebstrap (`--include`).
 pub fn package_list(config: &Config) -> Vec<String> {
     let mut pkgs = vec![config.kernel_package()];
+    if config.image.board == crate::config::Board::RaspberryPi {
+        pkgs.push("raspi-firmware".into());
+    }
     pkgs.extend(config.packages.include.iter().cloned());
     for repo in config.active_repositories() {
         pkgs.extend(repo.packages.iter().cloned());
@@ -231,7 +234,7 @@ pub fn plan(
     let mut args: Vec<String> = vec![
         "--variant=apt".into(),
         format!("--architectures={}", config.image.arch.debian()),
-        format!("--components={}", config.debian.components.join(",")),
+        format!("--components={}", config.components().join(",")),
         // Keep downloaded packages so they can be copied back into the host cache.
         "--skip=essential/unlink".into(),
         "--aptopt=Acquire::Languages \"none\"".into(),

@@ -190,6 +190,8 @@ pub struct RootfsContents {
     pub systemd_boot: Option<PathBuf>,
     pub os_release: String,
     pub packages: Vec<InstalledPackage>,
+    /// Raspberry Pi boot firmware and device trees, as (name on the ESP, extracted file).
+    pub raspberry_pi_files: Vec<(String, PathBuf)>,
 }
 
 /// Reads the root tarball once, copying the kernel, initrd and boot loader into `dir`.
@@ -204,6 +206,8 @@ pub fn extract_boot_files(config: &Config, tar_path: &Path, dir: &Path) -> Resul
     let mut systemd_boot = None;
     let mut os_release = String::new();
     let mut status = String::new();
+    let mut pi_files = Vec::new();
+    let pi_dir = dir.join("raspberry-pi");
     for entry in archive.entries().context("reading the root tarball")? {
         let mut entry = entry.context("reading the root tarball")?;
         if !entry.header().entry_type().is_file() {
@@ -226,6 +230,11 @@ pub fn extract_boot_files(config: &Config, tar_path: &Path, dir: &Path) -> Resul
             let out = dir.join(sd_boot_name);
             entry.unpack(&out)?;
             systemd_boot = Some(out);
+        } else if let Some(name) = raspberry_pi_file(&path) {
+            std::fs::create_dir_all(&pi_dir)?;
+            let out = pi_dir.join(&name);
+            entry.unpack(&out)?;
+            pi_files.push((name, out));
         } else if path == "usr/lib/os-release" {
             entry.read_to_string(&mut os_release)?;
         } else if path == "var/lib/dpkg/status" {
@@ -247,7 +256,22 @@ pub fn extract_boot_files(config: &Config, tar_path: &Path, dir: &Path) -> Resul
         systemd_boot,
         os_release,
         packages: parse_dpkg_status(&status),
+        raspberry_pi_files: pi_files,
     })
+}
+
+/// The ESP name of a file the Raspberry Pi firmware needs, if `path` (in the root file system)
+/// is one: the GPU firmware from raspi-firmware, and the kernel's device trees for the boards.
+fn raspberry_pi_file(path: &str) -> Option<String> {
+    if let Some(name) = path.strip_prefix("usr/lib/raspi-firmware/") {
+        let firmware = name == "bootcode.bin"
+            || (name.starts_with("start") && name.ends_with(".elf"))
+            || (name.starts_with("fixup") && name.ends_with(".dat"));
+        return (firmware && !name.contains('/')).then(|| name.to_string());
+    }
+    let rest = path.strip_prefix("usr/lib/linux-image-")?;
+    let (_, dtb) = rest.split_once("/broadcom/")?;
+    (dtb.starts_with("bcm27") && dtb.ends_with(".dtb") && !dtb.contains('/')).then(|| dtb.to_string())
 }
 
 /// Installed packages from dpkg's status file, sorted by name.

@@ -147,6 +147,16 @@ pub fn test_image(
             }
         }
     }
+    if has_raspberry_pi_boot_files(image) {
+        say("Raspberry Pi boot files: checking them as the Pi firmware reads them ...".into());
+        match crate::bootloaders::raspberry_pi::check_image(image) {
+            Ok(c) => say(format!("  {} files on the ESP; cmdline.txt: {}", c.files.len(), c.cmdline)),
+            Err(e) => {
+                say(format!("  Raspberry Pi check FAILED: {e:#}"));
+                report.failures.push(format!("raspberry-pi: {e:#}"));
+            }
+        }
+    }
     report.passed = report.failures.is_empty();
     say(if report.passed {
         format!("all checks passed ({} boots)", report.boots.len())
@@ -158,6 +168,15 @@ pub fn test_image(
         )
     });
     Ok(report)
+}
+
+/// Whether the image's manifest (beside it) says it was built for the Raspberry Pi.
+fn has_raspberry_pi_boot_files(image: &Path) -> bool {
+    crate::inspect::inspect(image)
+        .ok()
+        .and_then(|i| i.manifest)
+        .and_then(|m| m.get("board").and_then(|b| b.as_str().map(str::to_string)))
+        .is_some_and(|b| b == "raspberry-pi")
 }
 
 /// Boots the image with the serial console on this terminal.

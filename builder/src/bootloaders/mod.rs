@@ -2,6 +2,7 @@
 //! pass to the same kernel and initrd on the ESP.
 
 pub mod grub_bios;
+pub mod raspberry_pi;
 pub mod systemd_boot;
 
 use crate::config::{Arch, Config};
@@ -18,8 +19,23 @@ pub enum RootSpec {
     Plain { partuuid: uuid::Uuid },
 }
 
-/// The kernel command line shared by every boot path.
+/// The kernel command line for UEFI and BIOS boot: [`root_cmdline`] plus the consoles.
 pub fn kernel_cmdline(config: &Config, root: &RootSpec) -> String {
+    let mut args = vec![root_cmdline(config, root)];
+    // Graphical console first, serial last: the last one becomes /dev/console.
+    args.push(match config.image.arch {
+        Arch::X86_64 => "console=tty0".into(),
+        Arch::Arm64 => "console=tty1".into(),
+    });
+    args.push(match config.image.arch {
+        Arch::X86_64 => "console=ttyS0,115200".into(),
+        Arch::Arm64 => "console=ttyAMA0,115200".into(),
+    });
+    args.join(" ")
+}
+
+/// Everything on the kernel command line but the consoles, which differ between boards.
+pub fn root_cmdline(config: &Config, root: &RootSpec) -> String {
     let mut args: Vec<String> = Vec::new();
     match root {
         RootSpec::Verity {
@@ -47,15 +63,6 @@ pub fn kernel_cmdline(config: &Config, root: &RootSpec) -> String {
         .iter()
         .map(|s| s.to_string()),
     );
-    // Graphical console first, serial last: the last one becomes /dev/console.
-    args.push(match config.image.arch {
-        Arch::X86_64 => "console=tty0".into(),
-        Arch::Arm64 => "console=tty1".into(),
-    });
-    args.push(match config.image.arch {
-        Arch::X86_64 => "console=ttyS0,115200".into(),
-        Arch::Arm64 => "console=ttyAMA0,115200".into(),
-    });
     args.extend(config.boot.cmdline.iter().cloned());
     args.join(" ")
 }

@@ -1,0 +1,132 @@
+//! Raspberry Pi 4 boot: the Pi's own firmware reads the first FAT partition (our ESP, on GPT),
+//! loads `config.txt`, the kernel, the initrd and the board's device tree, and passes
+//! `cmdline.txt` to the kernel. No UEFI is involved, so the files sit beside systemd-boot's and
+//! the same arm64 image boots on a Pi and on UEFI machines.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::partitions::{self, SECTOR};
+
+/// Kernel and initrd names at the top of the ESP (the firmware looks there).
+pub const KERNEL: &str = "vmlinuz";
+pub const INITRD: &str = "initrd.img";
+
+/// `config.txt` for the Pi firmware.
+pub fn config_txt() -> String {
+    format!(
+        "# Raspberry Pi firmware settings, written by appliance.\n\
+         [all]\n\
+         arm_64bit=1\n\
+         # Device trees from the Debian kernel, with their upstream names.\n\
+         upstream_kernel=1\n\
+         enable_uart=1\n\
+         kernel={KERNEL}\n\
+         initramfs {INITRD} followkernel\n\
+         disable_overscan=1\n"
+    )
+}
+
+/// `cmdline.txt`: one line. The Pi's serial console is the mini UART, ttyS1 with upstream
+/// device trees.
+pub fn cmdline_txt(cmdline_without_consoles: &str) -> String {
+    format!("{cmdline_without_consoles} console=tty1 console=ttyS1,115200 rootwait\n")
+}
+
+/// What the structural check found.
+#[derive(Debug)]
+pub struct PiCheck {
+    pub files: Vec<String>,
+    pub cmdline: String,
+}
+
+/// Checks an image the way the Pi firmware will read it: the ESP holds the firmware, a Pi 4
+/// device tree, config.txt and cmdline.txt; config.txt's kernel and initrd exist; cmdline.txt
+/// names the root hash and the PARTUUIDs of root-a and verity-a in this image's GPT.
+pub fn check_image(image: &Path) -> Result<PiCheck> {
+    let table = partitions::read_table(image)?;
+    let esp = table
+        .iter()
+        .find(|p| p.type_guid == partitions::types::ESP)
+        .context("no EFI system partition: the Pi firmware needs a FAT partition to boot from")?;
+    let find = |label: &str| {
+        table
+            .iter()
+            .find(|p| p.label == label)
+            .with_context(|| format!("no {label} partition"))
+    };
+    let root = find("root-a")?;
+    let verity = find("verity-a")?;
+    let file = std::fs::File::open(image)?;
+    let slice = fscommon::StreamSlice::new(
+        file,
+        esp.first_lba * SECTOR,
+        (esp.last_lba + 1) * SECTOR,
+    )?;
+    let fs = fatfs::FileSystem::new(fscommon::BufStream::new(slice), fatfs::FsOptions::new())?;
+    let dir = fs.root_dir();
+    let names: Vec<String> = dir
+        .iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    let read = |name: &str| -> Result<String> {
+        let mut s = String::new();
+        dir.open_file(name)
+            .with_context(|| format!("the ESP has no {name}"))?
+            .read_to_string(&mut s)?;
+        Ok(s)
+    };
+    let mut problems = Vec::new();
+    for needed in ["start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb", "config.txt", "cmdline.txt"] {
+        if !names.iter().any(|n| n == needed) {
+            problems.push(format!("{needed} is missing from the ESP"));
+        }
+    }
+    let config = read("config.txt").unwrap_or_default();
+    for line in config.lines() {
+        let wanted = line
+            .strip_prefix("kernel=")
+            .or_else(|| line.strip_prefix("initramfs ").and_then(|r| r.split_whitespace().next()));
+        if let Some(f) = wanted {
+            if !names.iter().any(|n| n == f) {
+                problems.push(format!("config.txt names {f}, which is not on the ESP"));
+            }
+        }
+    }
+    let cmdline = read("cmdline.txt").unwrap_or_default();
+    if cmdline.trim_end().contains('\n') {
+        problems.push("cmdline.txt must be a single line".into());
+    }
+    let arg = |key: &str| {
+        cmdline
+            .split_whitespace()
+            .find_map(|a| a.strip_prefix(key).map(str::to_string))
+    };
+    match arg("roothash=") {
+        Some(h) if h.len() == 64 => {
+            // The Discoverable Partitions convention: partition UUIDs derive from the root hash.
+            let data_uuid = format!("PARTUUID={}", root.part_guid);
+            let hash_uuid = format!("PARTUUID={}", verity.part_guid);
+            if arg("systemd.verity_root_data=").as_deref() != Some(data_uuid.as_str()) {
+                problems.push(format!("cmdline.txt does not name root-a as {data_uuid}"));
+            }
+            if arg("systemd.verity_root_hash=").as_deref() != Some(hash_uuid.as_str()) {
+                problems.push(format!("cmdline.txt does not name verity-a as {hash_uuid}"));
+            }
+            if !root.part_guid.simple().to_string().starts_with(&h[..32]) {
+                problems.push("root-a's PARTUUID does not match the root hash".into());
+            }
+        }
+        _ => problems.push("cmdline.txt has no roothash=".into()),
+    }
+    if !problems.is_empty() {
+        bail!("the Raspberry Pi boot files are not right: {}", problems.join("; "));
+    }
+    Ok(PiCheck {
+        files: names,
+        cmdline: cmdline.trim().to_string(),
+    })
+}
