@@ -10,6 +10,8 @@ pub mod build;
 pub mod config;
 pub mod doctor;
 pub mod filesystems;
+pub mod flash;
+pub mod formats;
 pub mod host;
 pub mod inspect;
 pub mod outputs;
