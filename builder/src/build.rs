@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::bootloaders::{self, grub_bios, raspberry_pi, systemd_boot, RootSpec};
 use crate::config::{Arch, Board, Config, Format};
 use crate::filesystems::{esp, squashfs};
+use crate::formats;
 use crate::outputs::{self, Manifest, ManifestVerity, OutputFile, Staged};
 use crate::packages;
 use crate::partitions::{self, types, PartitionSpec, ALIGN};
@@ -448,6 +449,28 @@ fn run_stages(
     }
     if keep_raw {
         out_files.insert(0, (raw_name.clone(), raw.clone()));
+    }
+    for (format, vm) in [
+        (Format::Qcow2, formats::VmFormat::Qcow2),
+        (Format::Vmdk, formats::VmFormat::Vmdk),
+        (Format::Vhd, formats::VmFormat::Vhd),
+    ] {
+        if config.image.formats.contains(&format) {
+            let name = format!("{}.{}", config.image.name, format.extension());
+            let path = staged.path(&name);
+            progress.message(&format!("converting to {}", format.extension()));
+            formats::convert(&raw, vm, &path)?;
+            progress.message(&format!("checking {name}"));
+            formats::verify(&raw, vm, &path)?;
+            out_files.push((name, path));
+        }
+    }
+    if config.image.formats.contains(&Format::Bmap) {
+        let name = format!("{}.bmap", config.image.name);
+        let path = staged.path(&name);
+        progress.message("writing the block map");
+        formats::write_bmap(&raw, &path)?;
+        out_files.push((name, path));
     }
     let mut listed = Vec::new();
     for (name, path) in &out_files {

@@ -123,10 +123,24 @@ impl fmt::Display for Arch {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Format {
+    /// The disk image itself: `dd` it to a disk, or upload it where raw images are taken.
     #[serde(rename = "raw")]
     Raw,
+    /// zstd-compressed raw image, for downloads and Hetzner/DigitalOcean-style imports.
     #[serde(rename = "raw.zst")]
     RawZst,
+    /// qcow2 for Proxmox, OpenStack and plain KVM hosts.
+    #[serde(rename = "qcow2")]
+    Qcow2,
+    /// streamOptimized VMDK for VMware and AWS import-image.
+    #[serde(rename = "vmdk")]
+    Vmdk,
+    /// Fixed VHD, a whole number of MiB, for Azure.
+    #[serde(rename = "vhd")]
+    Vhd,
+    /// A block map for fast flashing (`appliance write`, bmaptool).
+    #[serde(rename = "bmap")]
+    Bmap,
 }
 
 impl Format {
@@ -134,6 +148,10 @@ impl Format {
         match self {
             Format::Raw => "raw",
             Format::RawZst => "raw.zst",
+            Format::Qcow2 => "qcow2",
+            Format::Vmdk => "vmdk",
+            Format::Vhd => "vhd",
+            Format::Bmap => "bmap",
         }
     }
 }

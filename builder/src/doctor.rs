@@ -58,7 +58,10 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
     ("sfdisk", "fdisk", false, "tests"),
     ("qemu-system-x86_64", "qemu-system-x86", true, "tests"),
     ("qemu-system-aarch64", "qemu-system-arm", true, "tests"),
-    ("qemu-img", "qemu-utils", true, "tests"),
+    // Converts images to qcow2, vmdk and vhd.
+    ("qemu-img", "qemu-utils", true, "build"),
+    // Cross-checks the block maps the build writes.
+    ("bmaptool", "bmap-tools", false, "tests"),
     ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf", false, "tests"),
     (
         "/usr/share/AAVMF/AAVMF_CODE.fd",

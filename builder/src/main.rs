@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use appliance::build::{self, BuildOptions};
 use appliance::config::Config;
-use appliance::{doctor, inspect, testing};
+use appliance::{doctor, flash, inspect, testing};
 
 #[derive(Parser)]
 #[command(
@@ -22,7 +22,8 @@ use appliance::{doctor, inspect, testing};
         appliance doctor --install      # once, as root: installs mmdebstrap, QEMU, ...\n  \
         appliance build                 # reads ./appliance.toml, writes out/<name>.raw\n  \
         appliance test                  # boots it with UEFI and BIOS and checks it\n  \
-        appliance run                   # boots it with its console on this terminal\n\n\
+        appliance run                   # boots it with its console on this terminal\n  \
+        appliance write out/<name>.raw --device /dev/sdX   # flash it, with safety checks\n\n\
         Without access to Jitsi's repository:  appliance build --set jitsi.enabled=false"
 )]
 struct Cli {
@@ -120,6 +121,31 @@ enum Command {
         packages: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Write an image to a disk or SD card, safely.
+    ///
+    /// Refuses a device that is mounted, holds the running system, is smaller than the image,
+    /// or is larger than --max-size (unless --force). Shows the device's model and size and asks
+    /// you to type its name. Writes only the image's data blocks when a .bmap lies beside the
+    /// image, then reads everything back and checks it.
+    Write {
+        /// The image (a .raw file).
+        image: PathBuf,
+        /// The disk to overwrite, e.g. /dev/sdb or /dev/mmcblk0 (a regular file works too).
+        #[arg(long, short)]
+        device: PathBuf,
+        /// The block map (default: <image>.bmap beside the image, if it exists).
+        #[arg(long)]
+        bmap: Option<PathBuf>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Allow a device larger than --max-size.
+        #[arg(long)]
+        force: bool,
+        /// Largest device written without --force, in GiB (big disks are rarely SD cards).
+        #[arg(long, default_value_t = 256)]
+        max_size_gib: u64,
     },
     /// Check the host tools the build and the tests need; --install installs them (as root).
     Doctor {
@@ -259,6 +285,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", inspect::render(&info, packages));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Write {
+            image,
+            device,
+            bmap,
+            yes,
+            force,
+            max_size_gib,
+        } => {
+            let mut args = flash::WriteArgs::new(image, device);
+            args.bmap = bmap;
+            args.yes = yes;
+            args.force = force;
+            args.max_size = max_size_gib << 30;
+            flash::run_write(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor { install } => {

@@ -271,7 +271,8 @@ fn raspberry_pi_file(path: &str) -> Option<String> {
     }
     let rest = path.strip_prefix("usr/lib/linux-image-")?;
     let (_, dtb) = rest.split_once("/broadcom/")?;
-    (dtb.starts_with("bcm27") && dtb.ends_with(".dtb") && !dtb.contains('/')).then(|| dtb.to_string())
+    (dtb.starts_with("bcm27") && dtb.ends_with(".dtb") && !dtb.contains('/'))
+        .then(|| dtb.to_string())
 }
 
 /// Installed packages from dpkg's status file, sorted by name.

@@ -150,7 +150,11 @@ pub fn test_image(
     if has_raspberry_pi_boot_files(image) {
         say("Raspberry Pi boot files: checking them as the Pi firmware reads them ...".into());
         match crate::bootloaders::raspberry_pi::check_image(image) {
-            Ok(c) => say(format!("  {} files on the ESP; cmdline.txt: {}", c.files.len(), c.cmdline)),
+            Ok(c) => say(format!(
+                "  {} files on the ESP; cmdline.txt: {}",
+                c.files.len(),
+                c.cmdline
+            )),
             Err(e) => {
                 say(format!("  Raspberry Pi check FAILED: {e:#}"));
                 report.failures.push(format!("raspberry-pi: {e:#}"));

@@ -47,7 +47,10 @@ fn arm64_raspberry_pi_image_builds_boots_on_virt_and_has_pi_boot_files() {
         .arg(&out)
         .status()
         .expect("run appliance build");
-    assert!(status.success(), "the arm64 build failed; its output is above");
+    assert!(
+        status.success(),
+        "the arm64 build failed; its output is above"
+    );
     let image = out.join("jitsi-appliance.raw");
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(out.join("jitsi-appliance.manifest.json")).expect("manifest"),
@@ -60,7 +63,8 @@ fn arm64_raspberry_pi_image_builds_boots_on_virt_and_has_pi_boot_files() {
         assert!(pkgs.iter().any(|x| x["name"] == p), "{p} is not installed");
     }
     assert!(
-        pkgs.iter().all(|x| x["architecture"] == "arm64" || x["architecture"] == "all"),
+        pkgs.iter()
+            .all(|x| x["architecture"] == "arm64" || x["architecture"] == "all"),
         "a package of another architecture slipped in"
     );
 
@@ -69,14 +73,28 @@ fn arm64_raspberry_pi_image_builds_boots_on_virt_and_has_pi_boot_files() {
         .current_dir(&root)
         .arg("test")
         .arg(&image)
-        .args(["--no-tamper", "--json", "--timeout", "600", "--workdir", "build/test/arm64"])
+        .args([
+            "--no-tamper",
+            "--json",
+            "--timeout",
+            "600",
+            "--workdir",
+            "build/test/arm64",
+        ])
         .output()
         .expect("run appliance test");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("appliance test printed no JSON ({e}); stderr:\n{stderr}"));
-    assert_eq!(report["passed"], true, "arm64 boot checks failed: {report:#}\n{stderr}");
-    assert_eq!(report["boots"].as_array().map(Vec::len), Some(2), "{report:#}");
+    assert_eq!(
+        report["passed"], true,
+        "arm64 boot checks failed: {report:#}\n{stderr}"
+    );
+    assert_eq!(
+        report["boots"].as_array().map(Vec::len),
+        Some(2),
+        "{report:#}"
+    );
     for b in report["boots"].as_array().unwrap() {
         use std::io::Write;
         let _ = writeln!(

@@ -53,7 +53,14 @@ fn built() -> &'static Built {
         let out = root.join("build/test-out");
         let status = Command::new(appliance_bin())
             .current_dir(&root)
-            .args(["build", "--set", "jitsi.enabled=false", "--out"])
+            .args([
+                "build",
+                "--set",
+                "jitsi.enabled=false",
+                "--set",
+                "image.formats=[\"raw\", \"raw.zst\", \"qcow2\", \"vmdk\", \"vhd\", \"bmap\"]",
+                "--out",
+            ])
             .arg(&out)
             .status()
             .map_err(|e| format!("cannot run appliance: {e}"))?;
@@ -128,6 +135,10 @@ fn outputs_are_complete_and_consistent() {
     for f in [
         "jitsi-appliance.raw",
         "jitsi-appliance.raw.zst",
+        "jitsi-appliance.qcow2",
+        "jitsi-appliance.vmdk",
+        "jitsi-appliance.vhd",
+        "jitsi-appliance.bmap",
         "jitsi-appliance.manifest.json",
     ] {
         assert!(sums.contains(&format!("  {f}\n")), "SHA256SUMS lacks {f}");
@@ -285,6 +296,105 @@ fn outputs_are_complete_and_consistent() {
             assert_eq!(size, 0, "machine-id must be empty: {line}");
         }
     }
+}
+
+#[test]
+fn import_formats_are_valid_and_hold_the_same_disk() {
+    let b = built();
+    let raw_size = std::fs::metadata(&b.image).unwrap().len();
+    for (file, format, extra) in [
+        ("jitsi-appliance.qcow2", "qcow2", ""),
+        ("jitsi-appliance.vmdk", "vmdk", "streamOptimized"),
+        ("jitsi-appliance.vhd", "vpc", ""),
+    ] {
+        let path = b.out.join(file);
+        let out = tool("qemu-img", "qemu-utils")
+            .args(["info", "--output=json"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "qemu-img info {file}");
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(info["format"], format, "{file}");
+        assert_eq!(
+            info["virtual-size"].as_u64(),
+            Some(raw_size),
+            "{file} has another size"
+        );
+        if !extra.is_empty() {
+            assert!(info.to_string().contains(extra), "{file}: {info}");
+        }
+        if format != "vpc" {
+            let st = tool("qemu-img", "qemu-utils")
+                .arg("check")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(st.success(), "qemu-img check {file}");
+        }
+        let st = tool("qemu-img", "qemu-utils")
+            .args(["compare", "-q", "-f", "raw", "-F", format])
+            .arg(&b.image)
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "{file} does not hold the same disk as the raw image"
+        );
+    }
+    // Azure wants a fixed VHD whose size is a whole number of MiB.
+    assert_eq!(raw_size % (1 << 20), 0);
+    assert_eq!(
+        std::fs::metadata(b.out.join("jitsi-appliance.vhd"))
+            .unwrap()
+            .len(),
+        raw_size + 512
+    );
+}
+
+#[test]
+fn write_to_a_file_with_the_bmap_reproduces_the_image() {
+    let b = built();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("disk");
+    let raw_size = std::fs::metadata(&b.image).unwrap().len();
+    std::fs::File::create(&target)
+        .unwrap()
+        .set_len(raw_size + (64 << 20))
+        .unwrap();
+    let out = Command::new(appliance_bin())
+        .arg("write")
+        .arg(&b.image)
+        .arg("--device")
+        .arg(&target)
+        .arg("--yes")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "appliance write: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = Command::new("cmp")
+        .arg("-n")
+        .arg(raw_size.to_string())
+        .arg(&b.image)
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(st.success(), "the written disk differs from the image");
+    // bmaptool, the reference implementation, accepts the build's block map too.
+    let target2 = dir.path().join("disk2");
+    let st = tool("bmaptool", "bmap-tools")
+        .arg("copy")
+        .arg("--bmap")
+        .arg(b.out.join("jitsi-appliance.bmap"))
+        .arg(&b.image)
+        .arg(&target2)
+        .status()
+        .unwrap();
+    assert!(st.success(), "bmaptool copy refused the block map");
 }
 
 fn boot_twice(firmware: Firmware) {

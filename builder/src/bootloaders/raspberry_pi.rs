@@ -60,11 +60,8 @@ pub fn check_image(image: &Path) -> Result<PiCheck> {
     let root = find("root-a")?;
     let verity = find("verity-a")?;
     let file = std::fs::File::open(image)?;
-    let slice = fscommon::StreamSlice::new(
-        file,
-        esp.first_lba * SECTOR,
-        (esp.last_lba + 1) * SECTOR,
-    )?;
+    let slice =
+        fscommon::StreamSlice::new(file, esp.first_lba * SECTOR, (esp.last_lba + 1) * SECTOR)?;
     let fs = fatfs::FileSystem::new(fscommon::BufStream::new(slice), fatfs::FsOptions::new())?;
     let dir = fs.root_dir();
     let names: Vec<String> = dir
@@ -80,16 +77,23 @@ pub fn check_image(image: &Path) -> Result<PiCheck> {
         Ok(s)
     };
     let mut problems = Vec::new();
-    for needed in ["start4.elf", "fixup4.dat", "bcm2711-rpi-4-b.dtb", "config.txt", "cmdline.txt"] {
+    for needed in [
+        "start4.elf",
+        "fixup4.dat",
+        "bcm2711-rpi-4-b.dtb",
+        "config.txt",
+        "cmdline.txt",
+    ] {
         if !names.iter().any(|n| n == needed) {
             problems.push(format!("{needed} is missing from the ESP"));
         }
     }
     let config = read("config.txt").unwrap_or_default();
     for line in config.lines() {
-        let wanted = line
-            .strip_prefix("kernel=")
-            .or_else(|| line.strip_prefix("initramfs ").and_then(|r| r.split_whitespace().next()));
+        let wanted = line.strip_prefix("kernel=").or_else(|| {
+            line.strip_prefix("initramfs ")
+                .and_then(|r| r.split_whitespace().next())
+        });
         if let Some(f) = wanted {
             if !names.iter().any(|n| n == f) {
                 problems.push(format!("config.txt names {f}, which is not on the ESP"));
@@ -123,7 +127,10 @@ pub fn check_image(image: &Path) -> Result<PiCheck> {
         _ => problems.push("cmdline.txt has no roothash=".into()),
     }
     if !problems.is_empty() {
-        bail!("the Raspberry Pi boot files are not right: {}", problems.join("; "));
+        bail!(
+            "the Raspberry Pi boot files are not right: {}",
+            problems.join("; ")
+        );
     }
     Ok(PiCheck {
         files: names,
