@@ -469,7 +469,15 @@ fn run_stages(
         let name = format!("{}.bmap", config.image.name);
         let path = staged.path(&name);
         progress.message("writing the block map");
-        formats::write_bmap(&raw, &path)?;
+        // Partitions that are empty in the image get their first MiB written anyway, so
+        // flashing over a used disk cannot revive an old file system (and its secrets).
+        let empty_starts: Vec<(u64, u64)> = layout
+            .partitions
+            .iter()
+            .filter(|p| p.spec.content.is_none())
+            .map(|p| (p.offset(), ALIGN.min(p.size_bytes())))
+            .collect();
+        formats::write_bmap_with(&raw, &path, &empty_starts)?;
         out_files.push((name, path));
     }
     let mut listed = Vec::new();

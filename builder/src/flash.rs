@@ -261,7 +261,7 @@ pub fn refusal_reasons(
     if target.kind == TargetKind::BlockDevice && target.size > max_size && !force {
         reasons.push(format!(
             "{dev} is {}, larger than the {} limit for a target: make sure it is the disk you \
-             mean (`lsblk -o NAME,SIZE,MODEL`), then pass --force (or a larger --max-size)",
+             mean (`lsblk -o NAME,SIZE,MODEL`), then pass --force (or a larger --max-size-gib)",
             human_bytes(target.size),
             human_bytes(max_size)
         ));

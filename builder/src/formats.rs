@@ -261,6 +261,18 @@ impl Bmap {
 /// are all zeros are left out. The image is read once, sequentially: holes are found by
 /// content rather than by SEEK_DATA/FIEMAP, which some file systems and copies lose.
 pub fn write_bmap(raw: &Path, out: &Path) -> Result<BmapSummary> {
+    write_bmap_with(raw, out, &[])
+}
+
+/// Like [`write_bmap`], but the blocks of `always_written` (byte offset, length) are mapped even
+/// when they hold zeros. The build lists the start of each partition that is empty in the image:
+/// written to a used disk, a zero block map would otherwise leave the old file system there
+/// (and the old machine's keys with it) instead of the empty partition the image has.
+pub fn write_bmap_with(
+    raw: &Path,
+    out: &Path,
+    always_written: &[(u64, u64)],
+) -> Result<BmapSummary> {
     let mut f = std::fs::File::open(raw)
         .with_context(|| format!("cannot open the image {}: does it exist?", raw.display()))?;
     let image_size = f
@@ -294,7 +306,10 @@ pub fn write_bmap(raw: &Path, out: &Path) -> Result<BmapSummary> {
             filled - filled % bs as usize
         };
         for chunk in buf[..usable].chunks(bs as usize) {
-            if chunk != &ZERO_BLOCK[..chunk.len()] {
+            let forced = always_written
+                .iter()
+                .any(|&(off, len)| block * bs < off + len && off < (block + 1) * bs);
+            if forced || chunk != &ZERO_BLOCK[..chunk.len()] {
                 open.get_or_insert_with(|| (block, Sha256::new()))
                     .1
                     .update(chunk);
@@ -683,5 +698,22 @@ mod tests {
         let b = read_bmap(&theirs).unwrap();
         assert_eq!(b.image_size, 8 * MIB);
         assert!(!b.ranges.is_empty());
+    }
+
+    #[test]
+    fn always_written_ranges_are_mapped_even_when_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("zeros.raw");
+        std::fs::File::create(&raw)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let plain = write_bmap(&raw, &dir.path().join("a.bmap")).unwrap();
+        assert_eq!(plain.mapped_blocks, 0);
+        let forced = write_bmap_with(&raw, &dir.path().join("b.bmap"), &[(8192, 10000)]).unwrap();
+        // 8192..18192 touches blocks 2, 3 and 4.
+        assert_eq!(forced.mapped_blocks, 3);
+        let bmap = read_bmap(&dir.path().join("b.bmap")).unwrap();
+        assert_eq!((bmap.ranges[0].first, bmap.ranges[0].last), (2, 4));
     }
 }

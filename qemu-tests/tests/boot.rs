@@ -363,6 +363,18 @@ fn write_to_a_file_with_the_bmap_reproduces_the_image() {
         .unwrap()
         .set_len(raw_size + (64 << 20))
         .unwrap();
+    // A used disk: an old file system at the start of the data partition must not survive.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let data = partition(&b.manifest, "data");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .unwrap();
+        f.seek(SeekFrom::Start(data["first_lba"].as_u64().unwrap() * 512))
+            .unwrap();
+        f.write_all(&vec![0xaa; 1 << 20]).unwrap();
+    }
     let out = Command::new(appliance_bin())
         .arg("write")
         .arg(&b.image)
