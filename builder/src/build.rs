@@ -139,7 +139,8 @@ fn run_stages(
     let key = rootfs_cache_key(config, &plan.fingerprint_input, &[&overlay_dir, &hooks_dir])?;
     let rootfs_cache = cache_dir.join("rootfs");
     std::fs::create_dir_all(&rootfs_cache)?;
-    let tar = rootfs_cache.join(format!("{}-{}.tar", config.image.name, &key[..16]));
+    let cache_name = format!("{}-{}", config.image.name, config.image.arch);
+    let tar = rootfs_cache.join(format!("{cache_name}-{}.tar", &key[..16]));
     let cached = tar.exists() && !opts.refresh;
     if cached {
         progress.end(&format!("root file system from cache ({})", tar.display()));
@@ -149,7 +150,7 @@ fn run_stages(
         let _ = std::fs::remove_file(&log);
         packages::run_mmdebstrap(&plan, &partial, &log, |line| progress.message(line))?;
         // Older root tarballs of this appliance are of no further use.
-        remove_stale_tarballs(&rootfs_cache, &config.image.name)?;
+        remove_stale_tarballs(&rootfs_cache, &cache_name)?;
         std::fs::rename(&partial, &tar)?;
         let n = std::fs::read_dir(&deb_cache)
             .map(|d| d.count())

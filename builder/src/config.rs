@@ -532,7 +532,7 @@ impl Config {
         }
         if self.image.board == Board::RaspberryPi && self.image.arch != Arch::Arm64 {
             bail!(
-                "{origin}: [image] board = \"raspberry-pi\" needs arch = \"arm64\" (64-bit Pi 4 and later)"
+                "{origin}: [image] board = \"raspberry-pi\" needs arch = \"arm64\" (Raspberry Pi 4; Debian 12's kernel does not support the Pi 5)"
             );
         }
         if !self.boot.uefi && !self.bios() {

@@ -422,7 +422,13 @@ pub fn require_from(checks: &[Check], purpose: &str) -> Result<()> {
         return Ok(());
     }
     bail!(
-        "host tools needed for the {purpose} are missing:\n{}\nrun `appliance doctor --install` as root (e.g. with sudo) to install them",
+        "host tools needed for {} are missing:\n{}\nrun `appliance doctor --install` as root (e.g. with sudo) to install them",
+        match purpose {
+            "build" => "the build",
+            "tests" => "the tests",
+            "arm64" => "building arm64 images on this machine",
+            other => other,
+        },
         lines.join("\n")
     )
 }

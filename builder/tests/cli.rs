@@ -40,7 +40,7 @@ fn help_lists_every_command_and_the_jitsi_switch() {
     let o = appliance(&["--help"], &repo_root());
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
-    for cmd in ["build", "test", "run", "inspect", "doctor"] {
+    for cmd in ["build", "test", "run", "inspect", "write", "doctor"] {
         assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
     }
     assert!(text.contains("jitsi.enabled=false"), "{text}");

@@ -137,3 +137,117 @@ pub fn check_image(image: &Path) -> Result<PiCheck> {
         cmdline: cmdline.trim().to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filesystems::esp::{write_esp, EspFile, EspSource};
+    use crate::partitions::{plan, types, write_disk, PartitionSpec};
+
+    const ROOT_HASH: &str = "36b7058f7bb6c708a978ed07579b48268c513c673c6788d50b46f33b49dd6ebc";
+
+    /// A small GPT image laid out like the appliance's, with `files` on its ESP.
+    fn image(dir: &Path, files: &[(&str, String)]) -> std::path::PathBuf {
+        let esp = dir.join("esp.img");
+        let entries: Vec<EspFile> = files
+            .iter()
+            .map(|(p, c)| EspFile {
+                path: p.to_string(),
+                source: EspSource::Bytes(c.clone().into_bytes()),
+            })
+            .collect();
+        write_esp(&esp, 64 << 20, 0x1234_5678, "ESP", &entries).unwrap();
+        let h = hex::decode(ROOT_HASH).unwrap();
+        let spec = |label: &str, t, guid: uuid::Uuid, content| PartitionSpec {
+            label: label.into(),
+            type_guid: t,
+            part_guid: guid,
+            size: 1 << 20,
+            flags: 0,
+            content,
+        };
+        let mut esp_spec = spec("esp", types::ESP, uuid::Uuid::from_u128(1), Some(esp));
+        esp_spec.size = 64 << 20;
+        let layout = plan(
+            uuid::Uuid::from_u128(9),
+            vec![
+                esp_spec,
+                spec(
+                    "root-a",
+                    types::ROOT_ARM64,
+                    uuid::Uuid::from_slice(&h[..16]).unwrap(),
+                    None,
+                ),
+                spec(
+                    "verity-a",
+                    types::ROOT_VERITY_ARM64,
+                    uuid::Uuid::from_slice(&h[16..]).unwrap(),
+                    None,
+                ),
+            ],
+        )
+        .unwrap();
+        let out = dir.join("disk.raw");
+        write_disk(&out, &layout, None).unwrap();
+        out
+    }
+
+    fn good_files() -> Vec<(&'static str, String)> {
+        let h = hex::decode(ROOT_HASH).unwrap();
+        let root = uuid::Uuid::from_slice(&h[..16]).unwrap();
+        let verity = uuid::Uuid::from_slice(&h[16..]).unwrap();
+        let cmdline = format!(
+            "roothash={ROOT_HASH} systemd.verity_root_data=PARTUUID={root} systemd.verity_root_hash=PARTUUID={verity} ro"
+        );
+        vec![
+            ("start4.elf", "x".into()),
+            ("fixup4.dat", "x".into()),
+            ("bcm2711-rpi-4-b.dtb", "x".into()),
+            (KERNEL, "k".into()),
+            (INITRD, "i".into()),
+            ("config.txt", config_txt()),
+            ("cmdline.txt", cmdline_txt(&cmdline)),
+        ]
+    }
+
+    #[test]
+    fn a_complete_pi_esp_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = check_image(&image(dir.path(), &good_files())).unwrap();
+        assert!(c.cmdline.contains("console=ttyS1,115200"));
+        assert!(c.files.iter().any(|f| f == "start4.elf"));
+    }
+
+    #[test]
+    fn missing_firmware_or_kernel_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<_> = good_files()
+            .into_iter()
+            .filter(|(n, _)| *n != "bcm2711-rpi-4-b.dtb" && *n != INITRD)
+            .collect();
+        let err = check_image(&image(dir.path(), &files))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bcm2711-rpi-4-b.dtb is missing"), "{err}");
+        assert!(err.contains("config.txt names initrd.img"), "{err}");
+    }
+
+    #[test]
+    fn cmdline_naming_other_partitions_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = good_files();
+        let other = uuid::Uuid::from_u128(42);
+        files.retain(|(n, _)| *n != "cmdline.txt");
+        files.push((
+            "cmdline.txt",
+            cmdline_txt(&format!(
+                "roothash={ROOT_HASH} systemd.verity_root_data=PARTUUID={other} systemd.verity_root_hash=PARTUUID={other}"
+            )),
+        ));
+        let err = check_image(&image(dir.path(), &files))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not name root-a"), "{err}");
+        assert!(err.contains("does not name verity-a"), "{err}");
+    }
+}
