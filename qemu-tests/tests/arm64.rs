@@ -3,30 +3,10 @@
 //! AAVMF (the same checks as x86_64), and its Raspberry Pi boot files are checked the way the
 //! Pi firmware reads them; QEMU cannot boot Debian's kernel on its `raspi4b` machine.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{appliance_bin, repo_root};
 use std::process::Command;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repository root")
-}
-
-fn appliance_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("appliance"))
-        .expect("target directory");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (which builds it)",
-        bin.display()
-    );
-    bin
-}
 
 #[test]
 fn arm64_raspberry_pi_image_builds_boots_on_virt_and_has_pi_boot_files() {

@@ -4,7 +4,11 @@
 //! The image is built once per test run (the package cache in `build/` makes later runs fast).
 //! Boots run one at a time: two QEMUs under TCG on a small machine would only slow each other.
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{appliance_bin, repo_root};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -15,30 +19,6 @@ use appliance_qemu_tests::{Arch, Firmware};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
 static ONE_QEMU_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repository root")
-}
-
-/// The `appliance` binary of the same cargo profile as this test.
-fn appliance_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/boot-<hash> → target/<profile>/appliance
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("appliance"))
-        .expect("target directory");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (which builds it) or `cargo build` first",
-        bin.display()
-    );
-    bin
-}
 
 struct Built {
     image: PathBuf,
