@@ -31,6 +31,9 @@ fn built() -> &'static Built {
     let r = BUILT.get_or_init(|| {
         let root = repo_root();
         let out = root.join("build/test-out");
+        // A package from a local directory of .debs rides along, so the offline package source
+        // is exercised by the same build.
+        let debs = local_deb_dir(&root.join("build/test-debs"))?;
         let status = Command::new(appliance_bin())
             .current_dir(&root)
             .args([
@@ -39,6 +42,8 @@ fn built() -> &'static Built {
                 "jitsi.enabled=false",
                 "--set",
                 "image.formats=[\"raw\", \"raw.zst\", \"qcow2\", \"vmdk\", \"vhd\", \"bmap\"]",
+                "--set",
+                &format!("packages.local_debs=\"{}\"", debs.display()),
                 "--out",
             ])
             .arg(&out)
@@ -58,6 +63,39 @@ fn built() -> &'static Built {
         Ok(b) => b,
         Err(e) => panic!("{e}"),
     }
+}
+
+/// Makes a directory holding one small package, `appliance-local-test`, built with dpkg-deb.
+fn local_deb_dir(dir: &Path) -> Result<PathBuf, String> {
+    let tree = dir.join("tree");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(tree.join("DEBIAN")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(tree.join("usr/share/appliance-local-test"))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        tree.join("DEBIAN/control"),
+        "Package: appliance-local-test\nVersion: 1.0\nArchitecture: all\nMaintainer: Tests <tests@example.invalid>\n\
+         Depends: zstd\nDescription: marker installed from a local directory of .debs\n",
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(
+        tree.join("usr/share/appliance-local-test/marker"),
+        "local\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let debs = dir.join("debs");
+    std::fs::create_dir_all(&debs).map_err(|e| e.to_string())?;
+    let status = Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&tree)
+        .arg(debs.join("appliance-local-test_1.0_all.deb"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("dpkg-deb (package dpkg) is needed: {e}"))?;
+    if !status.success() {
+        return Err("dpkg-deb failed to build the test package".into());
+    }
+    Ok(debs)
 }
 
 fn partition<'a>(manifest: &'a serde_json::Value, label: &str) -> &'a serde_json::Value {
@@ -163,6 +201,11 @@ fn outputs_are_complete_and_consistent() {
             "{must} missing"
         );
     }
+    assert!(
+        pkgs.iter()
+            .any(|p| p["name"] == "appliance-local-test" && p["version"] == "1.0"),
+        "the package from the local .deb directory is not installed"
+    );
     assert!(!pkgs
         .iter()
         .any(|p| p["name"].as_str().unwrap().starts_with("jitsi-") || p["name"] == "jicofo"));
@@ -257,6 +300,10 @@ fn outputs_are_complete_and_consistent() {
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("squashfs-root/usr/share/appliance-local-test/marker"),
+        "the local package's file is not in the root"
+    );
     assert!(
         listing.contains("squashfs-root/etc/fstab"),
         "listing looks wrong"
