@@ -443,8 +443,14 @@ impl Config {
             }
             let merged = toml::to_string(&table).context("re-serialising the configuration")?;
             config = toml::from_str(&merged).map_err(|e| {
+                // The merged text has no lines the user wrote, so name the overrides instead.
+                let keys: Vec<&str> = overrides
+                    .iter()
+                    .map(|o| o.split_once('=').map_or(o.as_str(), |(k, _)| k.trim()))
+                    .collect();
                 anyhow::anyhow!(
-                    "the --set overrides make the configuration invalid: {}",
+                    "--set {}: {}\nhint: values are TOML: true/false, numbers, \"text\" in quotes, [\"a\", \"b\"]",
+                    keys.join(", --set "),
                     e.message()
                 )
             })?;
@@ -749,6 +755,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bois"), "{err}");
+        let err = parse(MINIMAL, &["boot.timeout=\"soon\""])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--set boot.timeout") && err.contains("hint"),
+            "{err}"
+        );
         assert!(parse(MINIMAL, &["nonsense"]).is_err());
     }
 
