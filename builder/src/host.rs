@@ -85,23 +85,16 @@ fn forward_lines(r: impl Read, tx: std::sync::mpsc::Sender<String>) {
     }
 }
 
-/// Whether `program` can be found on PATH (or is an existing absolute path).
-pub fn has_program(program: &str) -> bool {
-    if program.contains('/') {
-        return Path::new(program).exists();
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    // Root's PATH usually has the sbin directories; a user's may not, so look there as well.
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].iter().map(Into::into))
-        .any(|dir| dir.join(program).is_file())
-}
-
-/// The full path of `program`, searching sbin directories too.
+/// The full path of `program`, searching the sbin directories too: root's PATH usually has
+/// them, a user's may not.
 pub fn find_program(program: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].iter().map(Into::into))
+        .chain(
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .map(Into::into),
+        )
         .map(|d| d.join(program))
         .find(|p| p.is_file())
 }

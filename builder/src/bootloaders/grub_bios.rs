@@ -87,7 +87,7 @@ pub fn build(
     std::fs::write(&early_cfg, early_config(esp_volume_uuid))
         .with_context(|| format!("writing {}", early_cfg.display()))?;
     let core_path = workdir.join("core.img");
-    let mkimage = crate::filesystems::esp::find_tool("grub-mkimage").context(
+    let mkimage = crate::host::find_program("grub-mkimage").context(
         "grub-mkimage not found; install the Debian packages grub-common and grub-pc-bin",
     )?;
     let output = Command::new(&mkimage)
@@ -227,7 +227,7 @@ fn patch_boot(boot: &[u8], start_lba: u64) -> Result<[u8; 440]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filesystems::esp::{self, find_tool, EspFile, EspSource};
+    use crate::filesystems::esp::{self, EspFile, EspSource};
     use std::collections::BTreeMap;
     use std::fs::{File, OpenOptions};
     use std::io::{Seek, SeekFrom, Write};
@@ -242,7 +242,7 @@ mod tests {
     const ESP_ID: u32 = 0x5eed_b105;
 
     fn require(tool: &str, package: &str) -> PathBuf {
-        find_tool(tool).unwrap_or_else(|| {
+        crate::host::find_program(tool).unwrap_or_else(|| {
             panic!("{tool} is required by this test but missing: apt-get install {package}")
         })
     }

@@ -157,7 +157,7 @@ pub fn volume_uuid_string(volume_id: u32) -> String {
 /// Runs `fsck.fat -n` on a FAT image and returns an error carrying fsck's output if it
 /// reports anything besides its banner and the summary line.
 pub fn fsck(image: &Path) -> Result<()> {
-    let tool = find_tool("fsck.fat").context(
+    let tool = crate::host::find_program("fsck.fat").context(
         "fsck.fat not found; install the Debian package dosfstools (apt-get install dosfstools)",
     )?;
     let output = Command::new(&tool)
@@ -203,19 +203,6 @@ pub fn fsck_range(disk: &Path, offset: u64, len: u64) -> Result<()> {
     );
     tmp.as_file_mut().flush()?;
     fsck(tmp.path())
-}
-
-/// Looks a tool up in PATH and then in the sbin directories, which non-root PATHs often lack.
-pub(crate) fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(
-            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-                .iter()
-                .map(PathBuf::from),
-        )
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 /// Validates and pads a volume label to the 11-byte on-disk form.
@@ -650,7 +637,7 @@ mod tests {
 
     /// Returns the path of a host tool, failing the test with the Debian package to install.
     fn require(tool: &str, package: &str) -> PathBuf {
-        find_tool(tool).unwrap_or_else(|| {
+        crate::host::find_program(tool).unwrap_or_else(|| {
             panic!("{tool} is required by this test but missing: apt-get install {package}")
         })
     }
