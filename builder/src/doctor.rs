@@ -53,6 +53,8 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
     ("arch-test", "arch-test", false, "build"),
     // mmdebstrap's unshare mode, used when the build does not run as root.
     ("newuidmap", "uidmap", false, "build"),
+    // The key-pinning tests make throwaway keys, which gpg does through its agent.
+    ("gpg-agent", "gpg-agent", false, "tests"),
     ("mtype", "mtools", false, "tests"),
     ("veritysetup", "cryptsetup-bin", false, "tests"),
     ("sfdisk", "fdisk", false, "tests"),
