@@ -729,11 +729,4 @@ deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http:/
             "qemu-system-x86:\n  Candidate: 1:7.2\n        500 http://deb.debian.org/debian bookworm/main amd64 Packages\n"
         ));
     }
-
-    /// Prints the report for this machine (`cargo test -- --ignored --nocapture host_report`).
-    #[test]
-    #[ignore = "depends on the host; run by hand"]
-    fn host_report() {
-        println!("{}", report(&check_host()));
-    }
 }
