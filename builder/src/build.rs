@@ -8,6 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::admin_program;
 use crate::bootloaders::{self, grub_bios, raspberry_pi, systemd_boot, RootSpec};
 use crate::config::{Arch, Board, Config, Format};
 use crate::filesystems::{esp, squashfs};
@@ -39,6 +40,9 @@ pub struct BuildSummary {
     pub timings: Vec<StageTiming>,
     pub total_seconds: f64,
 }
+
+/// The first-boot seed on the ESP (see docs/first-boot.md).
+pub const SEED_FILE: &str = "appliance-setup.toml";
 
 /// Labels of the partitions, in disk order.
 pub const LABEL_BIOS: &str = "bios-boot";
@@ -123,6 +127,13 @@ fn run_stages(
     let hooks_dir = std::fs::canonicalize(&hooks_dir)?;
     let overlay_dir = std::fs::canonicalize(&overlay_dir)?;
     rootfs::render_overlays(config, &overlay_dir)?;
+    progress.message("compiling the in-image program appliance-admin");
+    admin_program::install(
+        config.image.arch,
+        &overlay_dir,
+        &cache_dir.join("cargo-target"),
+        |line| progress.message(line),
+    )?;
     let hook_paths = rootfs::write_hook_files(config, &hooks_dir)?;
     let deb_cache = std::fs::canonicalize(deb_cache)?;
     let plan = packages::plan(
@@ -298,6 +309,13 @@ fn run_stages(
                 raspberry_pi::cmdline_txt(&bootloaders::root_cmdline(config, &root_spec))
                     .into_bytes(),
             ),
+        });
+    }
+    // The first-boot answers given at build time; the machine reads and deletes the file.
+    if let Some(seed) = config.firstboot_seed()? {
+        esp_files.push(esp::EspFile {
+            path: SEED_FILE.into(),
+            source: esp::EspSource::Bytes(seed.into_bytes()),
         });
     }
     let esp_img = work.join("esp.img");

@@ -32,8 +32,10 @@ pub struct Config {
     pub root: Root,
     #[serde(default)]
     pub data: Data,
+    /// First-boot answers (domain, hosts, SSH keys, ...) written to the ESP as
+    /// `appliance-setup.toml`; the schema is the in-image program's seed file.
     #[serde(default)]
-    pub firstboot: FirstBoot,
+    pub firstboot: toml::Table,
 
     /// Directory the configuration was read from; relative paths are resolved against it.
     #[serde(skip)]
@@ -337,13 +339,6 @@ impl Default for Data {
 }
 
 /// Answers for the first-boot setup, baked in at build time (optional).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FirstBoot {
-    /// SSH public keys allowed to log in as the administrator.
-    pub ssh_authorized_keys: Vec<String>,
-}
-
 /// A byte size written as an integer or a string such as `"512M"`, `"2G"`, `"4GiB"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Size(pub u64);
@@ -471,6 +466,15 @@ impl Config {
         }
     }
 
+    /// The `[firstboot]` table as the seed file's text, or `None` when it is empty.
+    pub fn firstboot_seed(&self) -> Result<Option<String>> {
+        if self.firstboot.is_empty() {
+            return Ok(None);
+        }
+        let text = toml::to_string(&self.firstboot).context("serialising [firstboot]")?;
+        Ok(Some(text))
+    }
+
     /// Whether the image boots with a legacy BIOS (GRUB) as well.
     pub fn bios(&self) -> bool {
         self.boot.bios.unwrap_or(self.image.arch == Arch::X86_64)
@@ -509,6 +513,14 @@ impl Config {
     }
 
     fn validate(&self, origin: &str) -> Result<()> {
+        // The [firstboot] answers are checked here, with the machine's own rules, so that a
+        // mistake stops the build instead of showing up at the machine's console.
+        if !self.firstboot.is_empty() {
+            let text = toml::to_string(&self.firstboot).context("serialising [firstboot]")?;
+            let where_ = format!("{origin}: [firstboot]");
+            appliance_admin::answers::Seed::parse(&text, &where_)?
+                .validate(&where_, Path::new("/usr/share/zoneinfo"))?;
+        }
         let name_ok = !self.image.name.is_empty()
             && self
                 .image
@@ -796,6 +808,31 @@ mod tests {
             normalize_fingerprint(full).unwrap(),
             "FFD65A0DA2BEBDEB73D44C8BB4D2D216F1FD7806"
         );
+    }
+
+    #[test]
+    fn firstboot_answers_are_checked_with_the_machines_rules() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance.toml");
+        let ok = Config::load(
+            &path,
+            &[
+                "firstboot.domain=\"meet.example.org\"".into(),
+                "firstboot.timezone=\"Europe/Berlin\"".into(),
+            ],
+        )
+        .unwrap();
+        let seed = ok.firstboot_seed().unwrap().unwrap();
+        assert!(seed.contains("domain = \"meet.example.org\""), "{seed}");
+        let err = Config::load(&path, &["firstboot.domain=\"192.168.0.1\"".into()]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("[firstboot]") && msg.contains("`domain`"),
+            "{msg}"
+        );
+        let err = Config::load(&path, &["firstboot.colour=\"blue\"".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("colour"), "{err:#}");
+        let none = Config::load(&path, &[]).unwrap();
+        assert!(none.firstboot_seed().unwrap().is_none());
     }
 
     #[test]

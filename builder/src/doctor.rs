@@ -30,6 +30,11 @@ pub struct Check {
 }
 
 impl Check {
+    /// Installed with rustup rather than apt-get.
+    fn is_rustup(&self) -> bool {
+        self.package.starts_with("rustup ")
+    }
+
     /// Missing, or present but unusable: either way `--install` has to act on it.
     fn needs_install(&self) -> bool {
         self.found.is_none() || self.problem.is_some()
@@ -74,6 +79,34 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
     // Building arm64 images on an x86_64 host runs arm64 programs through qemu-user, which
     // the kernel must know as a binfmt_misc handler.
     (BINFMT_AARCH64, "qemu-user-static", true, "arm64"),
+    // The in-image program appliance-admin is compiled for arm64 images with a cross linker
+    // and Rust's arm64 standard library (installed with rustup, not apt).
+    (
+        "aarch64-linux-gnu-gcc",
+        "gcc-aarch64-linux-gnu",
+        false,
+        "arm64",
+    ),
+    (RUST_STD_AARCH64, RUSTUP_AARCH64, false, "arm64"),
+    // Every configuration the machine generates is checked by its real consumer in the tests.
+    // `[firstboot] timezone` is checked against the host's time zone database.
+    ("/usr/share/zoneinfo/UTC", "tzdata", false, "build"),
+    ("visudo", "sudo", false, "tests"),
+    ("debugfs", "e2fsprogs", false, "tests"),
+    ("mcopy", "mtools", false, "tests"),
+    ("prosodyctl", "prosody", false, "tests"),
+    ("nginx", "nginx-light", false, "tests"),
+    ("turnserver", "coturn", false, "tests"),
+    ("hocon", "ruby-hocon", false, "tests"),
+    ("node", "nodejs", false, "tests"),
+    ("apparmor_parser", "apparmor", false, "tests"),
+    ("nft", "nftables", false, "tests"),
+    ("sshd", "openssh-server", false, "tests"),
+    ("ssh", "openssh-client", false, "tests"),
+    ("openssl", "openssl", false, "tests"),
+    // Let's Encrypt's test server and the ACME client the image uses, for the offline test.
+    ("pebble", "pebble", false, "tests"),
+    ("dehydrated", "dehydrated", false, "tests"),
     // Only handy for looking into outputs by hand (the build uses the zstd crate), so it must
     // not block `appliance build`.
     ("zstd", "zstd", false, "tests"),
@@ -83,6 +116,9 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
 const MIN_QEMU_MAJOR: u32 = 8;
 
 const BACKPORTS: &str = "bookworm-backports";
+/// Not a program or file: Rust's standard library for the arm64 target, added by rustup.
+const RUST_STD_AARCH64: &str = "rust-std aarch64-unknown-linux-gnu";
+const RUSTUP_AARCH64: &str = "rustup target add aarch64-unknown-linux-gnu";
 const BINFMT_AARCH64: &str = "/proc/sys/fs/binfmt_misc/qemu-aarch64";
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 const BACKPORTS_SOURCE_FILE: &str = "/etc/apt/sources.list.d/appliance-bookworm-backports.sources";
@@ -103,7 +139,11 @@ pub fn check_host() -> Vec<Check> {
                 found: None,
                 problem: None,
             };
-            if what.starts_with('/') {
+            if what == RUST_STD_AARCH64 {
+                if crate::admin_program::rust_target_installed("aarch64-unknown-linux-gnu") {
+                    check.found = Some("installed".into());
+                }
+            } else if what.starts_with('/') {
                 if Path::new(what).exists() {
                     check.found = Some(what.to_string());
                 }
@@ -168,7 +208,7 @@ pub fn missing(checks: &[Check]) -> Vec<&Check> {
 fn install_plan(checks: &[Check]) -> (Vec<&str>, Vec<&str>) {
     let mut debian: Vec<&str> = Vec::new();
     let mut backports: Vec<&str> = Vec::new();
-    for c in missing(checks) {
+    for c in missing(checks).into_iter().filter(|c| !c.is_rustup()) {
         let list = if c.backports {
             &mut backports
         } else {
@@ -194,6 +234,9 @@ fn install_plan(checks: &[Check]) -> (Vec<&str>, Vec<&str>) {
 fn install_commands(checks: &[Check]) -> Vec<String> {
     let (debian, backports) = install_plan(checks);
     let mut cmds = Vec::new();
+    if checks.iter().any(|c| c.is_rustup() && c.needs_install()) {
+        cmds.push(RUSTUP_AARCH64.to_string());
+    }
     if debian.is_empty() && backports.is_empty() {
         return cmds;
     }
@@ -287,7 +330,8 @@ pub fn report(checks: &[Check]) -> String {
 /// missing.
 pub fn install(checks: &[Check]) -> Result<()> {
     let (debian, backports) = install_plan(checks);
-    if debian.is_empty() && backports.is_empty() {
+    let rustup = checks.iter().any(|c| c.is_rustup() && c.needs_install());
+    if debian.is_empty() && backports.is_empty() && !rustup {
         println!("All host tools are present; nothing to install.");
         return Ok(());
     }
@@ -330,6 +374,9 @@ pub fn install(checks: &[Check]) -> Result<()> {
     }
     if !backports.is_empty() {
         run_visible(apt_install().args(["-t", BACKPORTS]).args(&backports))?;
+    }
+    if checks.iter().any(|c| c.is_rustup() && c.needs_install()) {
+        run_visible(Command::new("rustup").args(["target", "add", "aarch64-unknown-linux-gnu"]))?;
     }
     if checks
         .iter()

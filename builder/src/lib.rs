@@ -5,6 +5,7 @@
 //! file systems ([`filesystems`]: squashfs, FAT ESP), dm-verity ([`verity`]), boot loaders
 //! ([`bootloaders`]), the partition table ([`partitions`]) and the outputs ([`outputs`]).
 
+pub mod admin_program;
 pub mod bootloaders;
 pub mod build;
 pub mod config;

@@ -6,9 +6,17 @@
 
 pub mod accel;
 pub mod console;
+pub mod dns;
+pub mod hardening;
+pub mod hosttools;
+pub mod http;
 pub mod machine;
+pub mod meeting;
+pub mod pebble;
 pub mod report;
 pub mod scenarios;
+pub mod ssh;
+pub mod xmpp;
 
 use std::time::{Duration, Instant};
 

@@ -163,7 +163,7 @@ pub fn tampered_root_is_refused(
 }
 
 /// A qcow2 disk backed by `base` (read-only), of `size` bytes.
-fn overlay(base: &Path, disk: &Path, size: u64) -> Result<()> {
+pub fn overlay(base: &Path, disk: &Path, size: u64) -> Result<()> {
     let _ = std::fs::remove_file(disk);
     let base = std::fs::canonicalize(base)
         .with_context(|| format!("the image {} does not exist", base.display()))?;

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use appliance_qemu_tests::meeting;
 use appliance_qemu_tests::scenarios::{self, ImageUnderTest};
 use appliance_qemu_tests::{Arch, Firmware};
 
@@ -44,6 +45,10 @@ fn built() -> &'static Built {
                 "image.formats=[\"raw\", \"raw.zst\", \"qcow2\", \"vmdk\", \"vhd\", \"bmap\"]",
                 "--set",
                 &format!("packages.local_debs=\"{}\"", debs.display()),
+                // A partial first-boot seed: the build puts it on the ESP, the machine installs
+                // it as the wizard's default and removes it.
+                "--set",
+                "firstboot.timezone=\"UTC\"",
                 "--out",
             ])
             .arg(&out)
@@ -256,6 +261,14 @@ fn outputs_are_complete_and_consistent() {
         out.status.success(),
         "fsck.fat: {}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    // The build's [firstboot] answers are on the ESP, for the machine to read at first boot.
+    let listing = meeting::esp_listing(&b.image, esp["first_lba"].as_u64().unwrap() * 512)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        listing.contains(meeting::SEED_FILE),
+        "no {} on the ESP: {listing}",
+        meeting::SEED_FILE
     );
 
     // veritysetup accepts the hash tree computed in Rust, with the root hash on the command line.
@@ -488,6 +501,68 @@ fn tampered_root_is_refused() {
     );
 }
 
+fn esp_offset(manifest: &serde_json::Value) -> u64 {
+    partition(manifest, "esp")["first_lba"].as_u64().unwrap() * 512
+}
+
+fn print_hardening(o: &meeting::SeededOutcome) {
+    use std::io::Write;
+    if let Some(h) = &o.hardening {
+        let mut err = std::io::stderr();
+        for (unit, score) in &h.exposure {
+            let _ = writeln!(
+                err,
+                "  exposure (systemd-analyze security): {unit} {score:.1}"
+            );
+        }
+    }
+}
+
+fn print_outcome(name: &str, seconds: &[f64], checks: &[String]) {
+    use std::io::Write;
+    let mut err = std::io::stderr();
+    let times: Vec<String> = seconds.iter().map(|s| format!("{s:.1} s")).collect();
+    let _ = writeln!(err, "{name}: ready after {}", times.join(", "));
+    for c in checks {
+        let _ = writeln!(err, "  ok: {c}");
+    }
+}
+
+#[test]
+fn meeting_server_set_up_from_a_seed_file() {
+    let b = built();
+    let _one = ONE_QEMU_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let s = meeting::SeedScenario {
+        image: b.image.clone(),
+        arch: Arch::X86_64,
+        esp_offset: esp_offset(&b.manifest),
+        data_offset: partition(&b.manifest, "data")["first_lba"]
+            .as_u64()
+            .unwrap()
+            * 512,
+        workdir: workdir("meeting-seed"),
+        jitsi: false,
+        boot_timeout: BOOT_TIMEOUT,
+    };
+    let o = meeting::seeded_setup(&s).unwrap_or_else(|e| panic!("{e:#}"));
+    print_outcome("seed file", &o.seconds_to_ready, &o.checks);
+    print_hardening(&o);
+}
+
+#[test]
+fn setup_wizard_on_the_serial_console_survives_a_power_cut() {
+    let b = built();
+    let _one = ONE_QEMU_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let s = meeting::WizardScenario {
+        image: b.image.clone(),
+        arch: Arch::X86_64,
+        workdir: workdir("meeting-wizard"),
+        boot_timeout: BOOT_TIMEOUT,
+    };
+    let o = meeting::wizard_setup(&s).unwrap_or_else(|e| panic!("{e:#}"));
+    print_outcome("wizard", &o.seconds_to_ready, &o.checks);
+}
+
 /// Jitsi's packages come from download.jitsi.org (or a local directory of .debs named by
 /// APPLIANCE_JITSI_DEBS). Where neither is available this test cannot run; it is ignored with
 /// that reason rather than passing without checking anything.
@@ -529,4 +604,15 @@ fn jitsi_image_builds_and_boots() {
     };
     scenarios::first_and_second_boot(&img, Firmware::Uefi, &workdir("jitsi-uefi"), BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e:#}"));
+    let s = meeting::SeedScenario {
+        image: img.image.clone(),
+        arch: Arch::X86_64,
+        esp_offset: esp_offset(&manifest),
+        data_offset: partition(&manifest, "data")["first_lba"].as_u64().unwrap() * 512,
+        workdir: workdir("jitsi-meeting-seed"),
+        jitsi: true,
+        boot_timeout: BOOT_TIMEOUT,
+    };
+    let o = meeting::seeded_setup(&s).unwrap_or_else(|e| panic!("{e:#}"));
+    print_outcome("seed file (Jitsi)", &o.seconds_to_ready, &o.checks);
 }

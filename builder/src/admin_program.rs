@@ -1,0 +1,200 @@
+//! The in-image program `appliance-admin` (crate `setup/`: first-boot wizard, host accounts,
+//! certificates). It is compiled for the image's architecture from this workspace and laid into
+//! the root file system at /usr/bin/appliance-admin, so the root tarball's cache key covers it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::Arch;
+use crate::host;
+
+/// Where the program goes in the image.
+pub const IMAGE_PATH: &str = "usr/bin/appliance-admin";
+
+/// Set to the path of an already built `appliance-admin` to use it instead of compiling one
+/// (for example when building from a release without the source tree).
+pub const PREBUILT_ENV: &str = "APPLIANCE_ADMIN_BIN";
+
+/// The Rust target the image's architecture runs. glibc targets: the image is Debian 12, and so
+/// is the host the build runs on, so the program links against the same glibc.
+pub fn rust_target(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "x86_64-unknown-linux-gnu",
+        Arch::Arm64 => "aarch64-unknown-linux-gnu",
+    }
+}
+
+/// The C linker cargo needs for a target that is not the host's own, with its Debian package.
+pub fn cross_linker(arch: Arch) -> Option<(&'static str, &'static str)> {
+    match (arch, std::env::consts::ARCH) {
+        (Arch::Arm64, "x86_64") => Some(("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")),
+        (Arch::X86_64, "aarch64") => Some(("x86_64-linux-gnu-gcc", "gcc-x86-64-linux-gnu")),
+        _ => None,
+    }
+}
+
+/// The workspace this builder was compiled from; the program's source lives in its `setup/`.
+fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Builds (or finds) `appliance-admin` for `arch` and copies it to `<root>/usr/bin/`.
+/// `target_dir` keeps the compiled dependencies between builds.
+pub fn install(
+    arch: Arch,
+    root: &Path,
+    target_dir: &Path,
+    mut on_line: impl FnMut(&str),
+) -> Result<()> {
+    let binary = match std::env::var_os(PREBUILT_ENV) {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if !p.is_file() {
+                bail!(
+                    "{PREBUILT_ENV} points at {}, which is not a file; unset it to compile the program from setup/",
+                    p.display()
+                );
+            }
+            p
+        }
+        None => compile(arch, target_dir, &mut on_line)?,
+    };
+    let dest = root.join(IMAGE_PATH);
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::copy(&binary, &dest).with_context(|| {
+        format!(
+            "cannot copy {} into the image tree {}",
+            binary.display(),
+            dest.display()
+        )
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn compile(arch: Arch, target_dir: &Path, on_line: &mut impl FnMut(&str)) -> Result<PathBuf> {
+    let workspace = workspace_dir();
+    let manifest = workspace.join("setup/Cargo.toml");
+    if !manifest.is_file() {
+        bail!(
+            "the source of the in-image program is not at {} (this builder was compiled from {}); \
+             build from the project's source tree, or set {PREBUILT_ENV} to a built appliance-admin",
+            manifest.display(),
+            workspace.display()
+        );
+    }
+    let target = rust_target(arch);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&workspace)
+        .args(["build", "--release", "--locked", "-p", "appliance-admin"])
+        .args(["--target", target])
+        .arg("--target-dir")
+        .arg(target_dir)
+        // Flags meant for the builder's own compilation must not leak into this one.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_TARGET_DIR");
+    if let Some((linker, package)) = cross_linker(arch) {
+        if host::find_program(linker).is_none() {
+            bail!(
+                "linking appliance-admin for {arch} needs {linker} (Debian package {package}); \
+                 run `appliance doctor --install`"
+            );
+        }
+        let var = format!(
+            "CARGO_TARGET_{}_LINKER",
+            target.to_uppercase().replace('-', "_")
+        );
+        cmd.env(var, linker);
+        require_rust_target(target)?;
+    }
+    let log = target_dir.join("appliance-admin-build.log");
+    std::fs::create_dir_all(target_dir)?;
+    let _ = std::fs::remove_file(&log);
+    host::run_logged(&mut cmd, &log, |line| on_line(line)).with_context(|| {
+        format!(
+            "compiling the in-image program appliance-admin for {target} failed (log: {})",
+            log.display()
+        )
+    })?;
+    let binary = target_dir.join(target).join("release/appliance-admin");
+    if !binary.is_file() {
+        bail!(
+            "cargo reported success but {} does not exist",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// Whether the Rust standard library for `target` is installed (rustup target add).
+pub fn rust_target_installed(target: &str) -> bool {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let Ok(out) = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", target])
+        .output()
+    else {
+        return false;
+    };
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    out.status.success()
+        && std::fs::read_dir(&dir)
+            .map(|mut d| {
+                d.any(|e| {
+                    e.map(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+}
+
+fn require_rust_target(target: &str) -> Result<()> {
+    if !rust_target_installed(target) {
+        bail!(
+            "the Rust standard library for {target} is not installed; run `rustup target add {target}` \
+             (or `appliance doctor --install`)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_match_debian_architectures() {
+        assert_eq!(rust_target(Arch::X86_64), "x86_64-unknown-linux-gnu");
+        assert_eq!(rust_target(Arch::Arm64), "aarch64-unknown-linux-gnu");
+    }
+
+    #[test]
+    fn the_host_target_needs_no_cross_linker() {
+        if std::env::consts::ARCH == "x86_64" {
+            assert!(cross_linker(Arch::X86_64).is_none());
+            assert_eq!(
+                cross_linker(Arch::Arm64).map(|l| l.0),
+                Some("aarch64-linux-gnu-gcc")
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_prebuilt_binary_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        // Only this test sets the variable, and it restores it before returning.
+        std::env::set_var(PREBUILT_ENV, dir.path().join("nope"));
+        let err = install(Arch::X86_64, dir.path(), dir.path(), |_| {}).unwrap_err();
+        std::env::remove_var(PREBUILT_ENV);
+        assert!(format!("{err:#}").contains("APPLIANCE_ADMIN_BIN"));
+    }
+}

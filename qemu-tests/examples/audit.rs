@@ -1,0 +1,81 @@
+//! Security audit figures of a built image: boots a copy set up from a seed file, then prints
+//! systemd's exposure score of each network service and Lynis' hardening index. Lynis takes many
+//! minutes under TCG, which is why this is a measurement and not part of the tests.
+//!
+//!     cargo run --release -p appliance-qemu-tests --example audit -- [IMAGE]
+//!
+//! IMAGE defaults to build/test-out/jitsi-appliance.raw (made by the boot tests); its
+//! manifest.json must be beside it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use appliance_qemu_tests::meeting::{self, Ports};
+use appliance_qemu_tests::ssh::{KeyPair, Ssh};
+use appliance_qemu_tests::{hardening, Arch};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("audit: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let image = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("build/test-out/jitsi-appliance.raw"));
+    let manifest_path = image.with_extension("manifest.json");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&manifest_path)
+            .with_context(|| format!("cannot read {}", manifest_path.display()))?,
+    )?;
+    let esp = manifest["partitions"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["label"] == "esp"))
+        .and_then(|p| p["first_lba"].as_u64())
+        .context("the manifest lists no esp partition")?
+        * 512;
+    let work = Path::new("build/audit");
+    let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work)?;
+    let key = KeyPair::generate("audit")?;
+    let seed = format!(
+        "domain = \"{}\"\nssh_authorized_keys = [{:?}]\n[[hosts]]\nname = \"{}\"\npassword = \"{}\"\n",
+        meeting::DOMAIN,
+        key.public_line()?,
+        meeting::HOST,
+        meeting::HOST_PASSWORD
+    );
+    let seeded = work.join("seeded.raw");
+    meeting::copy_with_seed(&image, esp, &seed, &seeded)?;
+    let disk = work.join("disk.qcow2");
+    meeting::overlay_disk(&seeded, &disk, 6 << 30)?;
+    let ports = Ports::free()?;
+    let cfg = meeting::machine_config(Arch::X86_64, &disk, work.join("boot"), ports);
+    let ssh = Ssh::new(ports.ssh, "admin", key.private.clone());
+    let (machine, _, elapsed) =
+        meeting::boot_expecting(&cfg, "done", Duration::from_secs(600), Some(&ssh))?;
+    println!("booted and set up in {:.1} s", elapsed.as_secs_f64());
+    let result = (|| -> Result<()> {
+        ssh.wait_until_up(Duration::from_secs(120))?;
+        let report = hardening::check(&ssh, false)?;
+        for c in &report.checks {
+            println!("ok: {c}");
+        }
+        for (unit, score) in &report.exposure {
+            println!("exposure {unit}: {score:.1}");
+        }
+        let t = Instant::now();
+        let index = hardening::lynis_index(&ssh)?;
+        println!(
+            "Lynis hardening index: {index} (audit took {:.0} s)",
+            t.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })();
+    let _ = machine.power_off();
+    result
+}

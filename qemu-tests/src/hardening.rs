@@ -1,0 +1,233 @@
+//! The hardening checks of a booted, set-up appliance, run over SSH: AppArmor profiles loaded
+//! and enforcing, the network services confined, no denials, only the documented ports open to
+//! the network, the firewall's default drop, systemd's exposure scores; and Lynis' index as a
+//! measurement.
+
+use anyhow::{bail, Context, Result};
+
+use crate::meeting::sudo;
+use crate::ssh::Ssh;
+
+/// Profiles the image ships; all must be loaded in enforce mode.
+pub const PROFILES: &[&str] = &[
+    "nginx",
+    "prosody",
+    "turnserver",
+    "appliance-admin",
+    "dehydrated",
+    "jicofo",
+    "jitsi-videobridge",
+];
+
+/// Ports the firewall opens, and the only ones anything may listen on outside loopback:
+/// SSH, HTTP (redirect, ACME), HTTPS, TURN over TLS; STUN/TURN and the videobridge's media.
+pub const TCP_PORTS: &[u16] = &[22, 80, 443, 5349];
+pub const UDP_PORTS: &[u16] = &[3478, 10000];
+/// DHCP clients' sockets (networkd): they only take answers to the machine's own requests.
+pub const UDP_CLIENT_PORTS: &[u16] = &[68, 546];
+
+/// Processes that must run confined, by command name, with the profile each must be in.
+pub const CONFINED: &[(&str, &str)] = &[
+    ("nginx", "nginx"),
+    ("lua5.4", "prosody"),
+    ("turnserver", "turnserver"),
+];
+
+/// What one run of the checks found.
+#[derive(Debug, Clone, Default)]
+pub struct HardeningReport {
+    pub checks: Vec<String>,
+    /// (unit, exposure score) from `systemd-analyze security`.
+    pub exposure: Vec<(String, f64)>,
+}
+
+pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
+    let mut r = HardeningReport::default();
+
+    let status = sudo(ssh, "aa-status")?;
+    let enforce = section(&status, "profiles are in enforce mode");
+    for p in PROFILES {
+        if !enforce.iter().any(|l| l == p) {
+            bail!("AppArmor profile {p} is not loaded in enforce mode:\n{status}");
+        }
+    }
+    r.checks
+        .push(format!("AppArmor: {} profiles enforcing", PROFILES.len()));
+
+    let ps = sudo(ssh, "ps -eo label=,comm=")?;
+    let mut confined = CONFINED.to_vec();
+    if jitsi {
+        confined.push(("java", "jicofo|jitsi-videobridge"));
+    }
+    for (comm, profile) in &confined {
+        let lines: Vec<&str> = ps
+            .lines()
+            .filter(|l| l.split_whitespace().last() == Some(comm))
+            .collect();
+        if lines.is_empty() {
+            bail!("no {comm} process is running:\n{ps}");
+        }
+        for l in lines {
+            let label = l.split_whitespace().next().unwrap_or("");
+            if label == "unconfined" || !profile.split('|').any(|p| label.starts_with(p)) {
+                bail!("{comm} runs as {label:?}, not confined by its profile {profile}");
+            }
+        }
+    }
+    r.checks
+        .push("nginx, prosody and coturn run confined (ps -eZ)".into());
+
+    let listening = sudo(ssh, "ss -Hlntu")?;
+    let problems = unexpected_listeners(&listening);
+    if !problems.is_empty() {
+        bail!(
+            "sockets open to the network beyond the documented ports: {}\n{listening}",
+            problems.join(", ")
+        );
+    }
+    r.checks
+        .push("every non-loopback listening socket is in the documented list".into());
+
+    let ruleset = sudo(ssh, "nft list ruleset")?;
+    for chain in ["input", "forward"] {
+        let has_drop = ruleset
+            .lines()
+            .any(|l| l.contains(&format!("hook {chain}")) && l.contains("policy drop"));
+        if !has_drop {
+            bail!("the {chain} chain does not drop by default:\n{ruleset}");
+        }
+    }
+    r.checks
+        .push("nftables: input and forward drop by default".into());
+
+    let units = if jitsi {
+        "nginx.service prosody.service coturn.service jicofo.service jitsi-videobridge2.service"
+    } else {
+        "nginx.service prosody.service coturn.service"
+    };
+    for unit in units.split_whitespace() {
+        let out = sudo(ssh, &format!("systemd-analyze security --no-pager {unit}"))?;
+        let score = out
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .and_then(|rest| rest.split(':').nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("no exposure score for {unit} in:\n{out}"))?;
+        r.exposure.push((unit.to_string(), score));
+    }
+
+    Ok(r)
+}
+
+/// Lynis' hardening index (0-100) of the running machine; its report goes to RAM. Under TCG
+/// this takes many minutes, so it is a measurement (`examples/audit.rs`), not part of the tests.
+pub fn lynis_index(ssh: &Ssh) -> Result<u32> {
+    let lynis = sudo(
+        ssh,
+        "sh -c 'lynis audit system --quick --no-colors --no-log --report-file /run/lynis-report.dat \
+         >/dev/null 2>&1; grep ^hardening_index= /run/lynis-report.dat'",
+    )
+    .context("running Lynis")?;
+    lynis
+        .trim()
+        .strip_prefix("hardening_index=")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("Lynis ran but reported no hardening index: {lynis}"))
+}
+
+/// After the smoke tests: the kernel logged no AppArmor denial.
+pub fn no_denials(ssh: &Ssh) -> Result<()> {
+    let denied = sudo(
+        ssh,
+        "sh -c 'journalctl -k -b --no-pager | grep apparmor=.DENIED || true'",
+    )?;
+    if !denied.trim().is_empty() {
+        bail!("AppArmor denied something during the tests:\n{denied}");
+    }
+    Ok(())
+}
+
+/// The lines under an aa-status heading such as "5 profiles are in enforce mode.".
+fn section(status: &str, heading: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in status.lines() {
+        if line.contains(heading) {
+            inside = true;
+            continue;
+        }
+        if inside {
+            if line.starts_with(char::is_whitespace) && !line.trim().is_empty() {
+                out.push(line.trim().to_string());
+            } else {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Listening sockets (`ss -Hlntu`) bound beyond loopback on a port not in the lists.
+pub fn unexpected_listeners(ss: &str) -> Vec<String> {
+    let mut bad = Vec::new();
+    for line in ss.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 5 {
+            continue;
+        }
+        let (proto, local) = (cols[0], cols[4]);
+        let Some((addr, port)) = local.rsplit_once(':') else {
+            continue;
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        let addr = addr.trim_start_matches('[').trim_end_matches(']');
+        let addr = addr.split('%').next().unwrap_or(addr);
+        let loopback = addr.starts_with("127.") || addr == "::1";
+        if loopback {
+            continue;
+        }
+        let allowed = match proto {
+            "tcp" => TCP_PORTS.contains(&port),
+            "udp" => UDP_PORTS.contains(&port) || UDP_CLIENT_PORTS.contains(&port),
+            _ => false,
+        };
+        if !allowed {
+            bad.push(format!("{proto} {local}"));
+        }
+    }
+    bad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_beyond_the_list_are_named() {
+        let ss = "\
+udp   UNCONN 0 0 127.0.0.53%lo:53 0.0.0.0:*
+udp   UNCONN 0 0 0.0.0.0:3478 0.0.0.0:*
+udp   UNCONN 0 0 [fe80::5054:ff:fe12:3456]%eth0:546 [::]:*
+tcp   LISTEN 0 511 0.0.0.0:443 0.0.0.0:*
+tcp   LISTEN 0 128 [::]:22 [::]:*
+tcp   LISTEN 0 128 127.0.0.1:5222 0.0.0.0:*
+tcp   LISTEN 0 128 0.0.0.0:5280 0.0.0.0:*
+udp   UNCONN 0 0 *:5353 *:*";
+        assert_eq!(
+            unexpected_listeners(ss),
+            vec!["tcp 0.0.0.0:5280".to_string(), "udp *:5353".to_string()]
+        );
+    }
+
+    #[test]
+    fn enforce_section_is_read() {
+        let st = "apparmor module is loaded.\n3 profiles are loaded.\n2 profiles are in enforce mode.\n   nginx\n   prosody\n1 profiles are in complain mode.\n   turnserver\n";
+        assert_eq!(
+            section(st, "profiles are in enforce mode"),
+            vec!["nginx", "prosody"]
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! First-boot setup and administration of the Jitsi Meet appliance.
+//!
+//! Everything that touches the machine goes through [`paths::Paths`] (a root prefix, so tests
+//! run in a temporary directory) and [`runner::Runner`] (so tests record commands instead of
+//! running them).
+
+pub mod acme;
+pub mod answers;
+pub mod boot;
+pub mod cloud;
+pub mod fsutil;
+pub mod hosts;
+pub mod paths;
+pub mod power;
+pub mod prompt;
+pub mod render;
+pub mod runner;
+pub mod scram;
+pub mod secrets;
+pub mod state;
+pub mod status;
+pub mod steps;
+pub mod term;
+pub mod validate;
+pub mod wizard;

@@ -1,0 +1,226 @@
+//! Command line of appliance-admin (see `appliance-admin --help`).
+
+use anyhow::{bail, Result};
+use appliance_admin::hosts::{self, PasswordSource};
+use appliance_admin::paths::Paths;
+use appliance_admin::runner::SystemRunner;
+use appliance_admin::steps::{self, Ctx};
+use appliance_admin::{acme, boot, power, status, term, wizard};
+use clap::{Parser, Subcommand};
+use std::io::{BufRead, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Set up and administer the Jitsi Meet appliance.
+///
+/// The first boot needs a few answers (domain name, first meeting host, SSH key...). They come
+/// from appliance-setup.toml on the boot partition, or from the wizard on the console or over
+/// SSH (`sudo appliance-admin wizard`). Setup then runs in numbered steps; if it is interrupted
+/// (power cut), the next boot or `appliance-admin apply` continues where it stopped.
+#[derive(Parser)]
+#[command(
+    name = "appliance-admin",
+    version,
+    after_help = "Examples:\n  sudo appliance-admin status\n  sudo appliance-admin hosts add bob\n  sudo appliance-admin hosts passwd bob\n  sudo appliance-admin hosts list"
+)]
+struct Cli {
+    /// Operate on a machine image mounted at DIR instead of / (for tests).
+    #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
+    root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run at every boot by appliance-setup.service: use appliance-setup.toml from the boot
+    /// partition, resume an interrupted setup, and refresh the configuration.
+    Boot,
+    /// Ask the setup questions, then apply the answers.
+    Wizard {
+        /// Ask on every active console at once (the first to confirm wins), instead of on this
+        /// terminal.
+        #[arg(long)]
+        consoles: bool,
+    },
+    /// Run the setup steps that are not done yet (safe to run again at any time).
+    Apply,
+    /// Manage the meeting hosts: the accounts that may open meeting rooms (guests need none).
+    Hosts {
+        #[command(subcommand)]
+        action: HostsCommand,
+    },
+    /// Show how far setup is, the domain, the hosts and the certificate.
+    Status,
+    /// Power off if the policy chosen at setup says so and no meeting is in progress.
+    /// Run every minute by appliance-idle.timer.
+    IdleCheck,
+    /// Let's Encrypt certificate.
+    Acme {
+        #[command(subcommand)]
+        action: AcmeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostsCommand {
+    /// Create a host; asks for the password twice (not shown while typing).
+    Add {
+        /// User name, e.g. alice (letters, digits, dots, hyphens, underscores).
+        name: String,
+        /// Read the password from the first line of standard input (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a host. The last host cannot be removed.
+    Remove { name: String },
+    /// List the hosts.
+    List,
+    /// Set a new password for a host.
+    Passwd {
+        name: String,
+        /// Read the password from the first line of standard input (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AcmeCommand {
+    /// Get or renew the certificate if one is due; quiet when there is nothing to do.
+    /// Run daily by appliance-acme.timer.
+    Renew,
+}
+
+/// Passwords typed on the terminal (twice, hidden), or one line from stdin for scripts.
+struct StdinPassword {
+    from_pipe: bool,
+}
+
+impl PasswordSource for StdinPassword {
+    fn new_password(
+        &mut self,
+        user: &str,
+        check: &dyn Fn(&str) -> Result<(), String>,
+    ) -> Result<String> {
+        let stdin = std::io::stdin();
+        let read = |prompt: &str| -> Result<String> {
+            if !prompt.is_empty() {
+                eprint!("{prompt}: ");
+                std::io::stderr().flush()?;
+            }
+            let _guard = term::EchoOff::new(stdin.as_raw_fd());
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line)? == 0 {
+                bail!("no password was given (the input ended)");
+            }
+            Ok(line.trim_end_matches(['\n', '\r']).to_string())
+        };
+        if self.from_pipe {
+            let p = read("")?;
+            check(&p).map_err(|m| anyhow::anyhow!(m))?;
+            return Ok(p);
+        }
+        if !term::is_tty(stdin.as_raw_fd()) {
+            bail!("the password must be typed on a terminal; in a script use --password-stdin");
+        }
+        for _ in 0..3 {
+            let p1 = read(&format!("New password for {user} (at least 12 characters)"))?;
+            if let Err(m) = check(&p1) {
+                eprintln!("  {m}");
+                continue;
+            }
+            if read("Type the same password again")? != p1 {
+                eprintln!("  The two passwords are different; please type them again.");
+                continue;
+            }
+            return Ok(p1);
+        }
+        bail!("no password was set after three tries; nothing was changed")
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let paths = Paths::new(&cli.root);
+    let mut stdout = std::io::stdout();
+    let mut runner = SystemRunner;
+    match cli.command {
+        Command::Boot => boot::run(&mut Ctx {
+            paths: &paths,
+            runner: &mut runner,
+            out: &mut stdout,
+            from_boot: true,
+        }),
+        Command::Wizard { consoles: false } => wizard::on_stdio(&paths),
+        Command::Wizard { consoles: true } => wizard::on_consoles(&paths),
+        Command::Apply => steps::apply(&mut Ctx {
+            paths: &paths,
+            runner: &mut runner,
+            out: &mut stdout,
+            from_boot: false,
+        }),
+        Command::Status => status::print(&paths, &mut stdout),
+        Command::IdleCheck => power::idle_check(&paths, &mut runner, &mut stdout).map(|_| ()),
+        Command::Acme {
+            action: AcmeCommand::Renew,
+        } => acme::renew(&mut Ctx {
+            paths: &paths,
+            runner: &mut runner,
+            out: &mut stdout,
+            from_boot: false,
+        }),
+        Command::Hosts { action } => match action {
+            HostsCommand::Add {
+                name,
+                password_stdin,
+            } => hosts::add(
+                &paths,
+                &name,
+                &mut StdinPassword {
+                    from_pipe: password_stdin,
+                },
+                &mut stdout,
+            ),
+            HostsCommand::Passwd {
+                name,
+                password_stdin,
+            } => hosts::passwd(
+                &paths,
+                &name,
+                &mut StdinPassword {
+                    from_pipe: password_stdin,
+                },
+                &mut stdout,
+            ),
+            HostsCommand::Remove { name } => hosts::remove(&paths, &name, &mut stdout),
+            HostsCommand::List => {
+                for h in hosts::list(&paths)? {
+                    writeln!(stdout, "{h}")?;
+                }
+                Ok(())
+            }
+        },
+    }
+}
+
+/// `acme renew` failing (domain not pointing here yet, CA unreachable) is a temporary state the
+/// daily timer retries: it exits with EX_TEMPFAIL, which appliance-acme.service accepts.
+const EXIT_TEMPFAIL: u8 = 75;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let temporary = matches!(cli.command, Command::Acme { .. });
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("appliance-admin: {e:#}");
+            if temporary {
+                eprintln!("appliance-admin: the certificate stays as it is; appliance-acme.timer tries again daily");
+                ExitCode::from(EXIT_TEMPFAIL)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,583 @@
+//! The apply state machine: a fixed list of named steps run in order, each idempotent, the
+//! state saved after each one. A power cut anywhere re-runs from the first step not done.
+
+use crate::acme;
+use crate::answers::Answers;
+use crate::fsutil::{self, Owner};
+use crate::paths::{self, Paths};
+use crate::render::{self, Phase};
+use crate::runner::{Cmd, Runner};
+use crate::scram::{self, AccountStore};
+use crate::secrets::Secrets;
+use crate::state::State;
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+/// Step names are stable (they are stored in state.toml); titles are what people read.
+pub const STEPS: &[(&str, &str)] = &[
+    ("secrets", "service secrets"),
+    ("ssh-keys", "SSH keys for the admin account"),
+    ("timezone", "time zone"),
+    ("tls-self-signed", "self-signed certificate"),
+    ("config", "configuration files"),
+    ("internal-accounts", "internal service accounts"),
+    ("host-accounts", "meeting host accounts"),
+    ("services", "start the meeting services"),
+    ("letsencrypt", "Let's Encrypt certificate"),
+    ("done", "finish"),
+];
+
+/// Group allowed to read the TLS key: prosody and coturn both need it. Debian's ssl-cert group
+/// is the usual place; without it the key is root-only.
+pub const TLS_KEY_GROUP: &str = "ssl-cert";
+
+/// Everything a step may touch.
+pub struct Ctx<'a> {
+    pub paths: &'a Paths,
+    pub runner: &'a mut dyn Runner,
+    pub out: &'a mut dyn Write,
+    /// Run from appliance-setup.service during boot: systemctl must not wait for units that are
+    /// ordered after us (that would dead-lock), and nginx is not serving yet.
+    pub from_boot: bool,
+}
+
+impl Ctx<'_> {
+    pub fn say(&mut self, msg: &str) {
+        // Progress output is best effort: a closed console must not abort the setup.
+        let _ = writeln!(self.out, "{msg}");
+        let _ = self.out.flush();
+    }
+
+    /// `systemctl ARGS`, without waiting when we run from boot.
+    pub fn systemctl(&mut self, args: &[&str]) -> Result<()> {
+        let mut cmd = Cmd::new("systemctl");
+        if self.from_boot {
+            cmd = cmd.arg("--no-block");
+        }
+        self.runner.check(&cmd.args(args.iter().copied()))?;
+        Ok(())
+    }
+}
+
+/// Steps not done yet, in order.
+pub fn pending(paths: &Paths) -> Result<Vec<&'static str>> {
+    let state = State::load(&paths.state())?;
+    Ok(STEPS
+        .iter()
+        .map(|s| s.0)
+        .filter(|s| !state.is_done(s))
+        .collect())
+}
+
+/// Run every pending step. Prints `setup: step i/N: title` before each and `setup: complete`
+/// at the end (tests wait for these lines on the serial console).
+pub fn apply(ctx: &mut Ctx) -> Result<()> {
+    let answers_path = ctx.paths.answers();
+    if !answers_path.exists() {
+        bail!("there is nothing to apply yet: the setup questions have not been answered. Run `appliance-admin wizard` first.");
+    }
+    let answers = Answers::load(&answers_path)?;
+    let state_path = ctx.paths.state();
+    let mut state = State::load(&state_path)?;
+    fsutil::ensure_dir(&ctx.paths.appliance_dir(), 0o700, None)?;
+    let total = STEPS.len();
+    for (i, (name, title)) in STEPS.iter().enumerate() {
+        if state.is_done(name) {
+            continue;
+        }
+        ctx.say(&format!("setup: step {}/{total}: {title}", i + 1));
+        run_step(ctx, name, &answers)
+            .with_context(|| format!("setup step \"{name}\" ({title}) failed"))?;
+        state.mark_done(name);
+        state.save(&state_path)?;
+    }
+    ctx.say("setup: complete");
+    Ok(())
+}
+
+fn run_step(ctx: &mut Ctx, name: &str, answers: &Answers) -> Result<()> {
+    match name {
+        "secrets" => Secrets::load_or_create(&ctx.paths.secrets()).map(|_| ()),
+        "ssh-keys" => install_ssh_keys(ctx.paths, &answers.ssh_authorized_keys),
+        "timezone" => set_timezone(ctx.paths, &answers.timezone),
+        "tls-self-signed" => self_signed(ctx, &answers.domain),
+        "config" => render_config(ctx.paths, answers).map(|_| ()),
+        "internal-accounts" => internal_accounts(ctx.paths, answers),
+        "host-accounts" => host_accounts(ctx.paths, answers),
+        "services" => {
+            ctx.systemctl(&["start", "appliance-meeting.target"])?;
+            ctx.systemctl(&["reload-or-restart", "nginx.service"])
+        }
+        "letsencrypt" => letsencrypt(ctx, answers),
+        "done" => {
+            fsutil::atomic_write(&ctx.paths.setup_done(), b"", 0o644, None)?;
+            // Wizard defaults are only useful until setup is done.
+            fsutil::remove_if_exists(&ctx.paths.defaults())?;
+            // appliance-meeting.target has ConditionPathExists=setup-done, so the start in the
+            // "services" step may have been skipped; now the condition holds. Idempotent.
+            ctx.systemctl(&["start", "appliance-meeting.target"])
+        }
+        other => bail!("unknown setup step \"{other}\""),
+    }
+}
+
+/// Add the answered keys to /data/ssh/authorized_keys/admin, keeping keys already there.
+pub fn install_ssh_keys(paths: &Paths, keys: &[String]) -> Result<()> {
+    let file = paths.admin_authorized_keys();
+    let existing = match fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    // Compare by type and key data: the same key with another comment is not added twice.
+    let key_id = |l: &str| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let mut lines: Vec<String> = existing.lines().map(str::to_string).collect();
+    let mut changed = false;
+    for k in keys {
+        if !lines.iter().any(|l| key_id(l) == key_id(k)) {
+            lines.push(k.clone());
+            changed = true;
+        }
+    }
+    if !changed && file.exists() {
+        return Ok(());
+    }
+    // sshd StrictModes: root-owned, not group/world writable, all the way up.
+    fsutil::ensure_dir(&paths.at("/data/ssh"), 0o755, None)?;
+    fsutil::ensure_dir(&paths.authorized_keys_dir(), 0o755, None)?;
+    let mut text = lines.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    fsutil::atomic_write(&file, text.as_bytes(), 0o644, None)
+}
+
+/// /data/config/localtime -> /usr/share/zoneinfo/<tz> (/etc/localtime links there).
+pub fn set_timezone(paths: &Paths, tz: &str) -> Result<()> {
+    crate::validate::timezone(tz, &paths.zoneinfo()).map_err(|m| anyhow::anyhow!(m))?;
+    fsutil::ensure_dir(&paths.config_dir(), 0o755, None)?;
+    let target = Path::new(paths::MACHINE_ZONEINFO).join(tz);
+    if fs::read_link(paths.localtime()).ok().as_deref() == Some(target.as_path()) {
+        return Ok(());
+    }
+    fsutil::atomic_symlink(&target, &paths.localtime())
+}
+
+/// Who may read the TLS key.
+pub fn tls_key_owner(paths: &Paths) -> Result<(u32, Option<Owner>)> {
+    Ok(
+        match fsutil::lookup_group(&paths.etc_group(), TLS_KEY_GROUP)? {
+            Some(gid) => (0o640, Some(Owner { uid: 0, gid })),
+            None => (0o600, None),
+        },
+    )
+}
+
+/// A self-signed certificate so HTTPS works before (or without) Let's Encrypt.
+fn self_signed(ctx: &mut Ctx, domain: &str) -> Result<()> {
+    let (cert, key) = (ctx.paths.tls_cert(), ctx.paths.tls_key());
+    // Key and cert are renamed key first, cert last: a cert without its key cannot remain.
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    let dir = ctx.paths.tls_dir();
+    fsutil::ensure_dir(&dir, 0o755, None)?;
+    let (tmp_key, tmp_cert) = (dir.join(".new-key.pem"), dir.join(".new-cert.pem"));
+    let _ = fs::remove_file(&tmp_key);
+    let _ = fs::remove_file(&tmp_cert);
+    let cmd = Cmd::new("openssl").args([
+        "req".to_string(),
+        "-x509".into(),
+        "-newkey".into(),
+        "ec".into(),
+        "-pkeyopt".into(),
+        "ec_paramgen_curve:prime256v1".into(),
+        "-nodes".into(),
+        "-days".into(),
+        "825".into(),
+        "-subj".into(),
+        format!("/CN={domain}"),
+        "-addext".into(),
+        format!("subjectAltName=DNS:{domain}"),
+        "-keyout".into(),
+        tmp_key.display().to_string(),
+        "-out".into(),
+        tmp_cert.display().to_string(),
+    ]);
+    ctx.runner.check(&cmd)?;
+    let key_pem = fs::read(&tmp_key)
+        .with_context(|| format!("openssl wrote no key to {}", tmp_key.display()))?;
+    let cert_pem = fs::read(&tmp_cert)
+        .with_context(|| format!("openssl wrote no certificate to {}", tmp_cert.display()))?;
+    install_pair(ctx.paths, &cert_pem, &key_pem)?;
+    let _ = fs::remove_file(&tmp_key);
+    let _ = fs::remove_file(&tmp_cert);
+    Ok(())
+}
+
+/// Replace tls/key.pem then tls/cert.pem, each atomically.
+pub fn install_pair(paths: &Paths, cert_pem: &[u8], key_pem: &[u8]) -> Result<()> {
+    fsutil::ensure_dir(&paths.tls_dir(), 0o755, None)?;
+    let (mode, owner) = tls_key_owner(paths)?;
+    fsutil::atomic_write(&paths.tls_key(), key_pem, mode, owner)?;
+    fsutil::atomic_write(&paths.tls_cert(), cert_pem, 0o644, None)
+}
+
+/// Render all meeting templates and write power-off.toml.
+pub fn render_config(paths: &Paths, answers: &Answers) -> Result<Vec<String>> {
+    let secrets = Secrets::load(&paths.secrets())?;
+    let ctx = render::meeting_context(paths, answers, &secrets);
+    let written = render::render_all(paths, Phase::Meeting, &ctx)?;
+    let mut power = format!("idle_minutes = {}\n", answers.power_off.idle_minutes);
+    if let Some(t) = &answers.power_off.daily_at {
+        power.push_str(&format!("daily_at = \"{t}\"\n"));
+    }
+    fsutil::atomic_write(&paths.power_off(), power.as_bytes(), 0o644, None)?;
+    Ok(written)
+}
+
+/// focus@auth.<domain> and jvb@auth.<domain>, used by jicofo and the videobridge.
+fn internal_accounts(paths: &Paths, answers: &Answers) -> Result<()> {
+    let secrets = Secrets::load(&paths.secrets())?;
+    let store = AccountStore::open(paths, &format!("auth.{}", answers.domain))?;
+    for (user, pw) in [
+        ("focus", &secrets.focus_password),
+        ("jvb", &secrets.jvb_password),
+    ] {
+        // Keep a matching account as it is; a new salt would only churn the file.
+        if store.read(user)?.is_some_and(|c| c.verify(pw)) {
+            continue;
+        }
+        store.write(user, &scram::new_credentials(pw)?)?;
+    }
+    Ok(())
+}
+
+fn host_accounts(paths: &Paths, answers: &Answers) -> Result<()> {
+    let store = AccountStore::open(paths, &answers.domain)?;
+    for h in &answers.hosts {
+        store.write(&h.name, &h.scram)?;
+    }
+    Ok(())
+}
+
+/// Not fatal: without a certificate from the CA the self-signed one stays and the daily timer
+/// tries again, so setup still completes.
+fn letsencrypt(ctx: &mut Ctx, answers: &Answers) -> Result<()> {
+    if answers.letsencrypt.is_none() {
+        ctx.say("setup: no e-mail address for Let's Encrypt was given; keeping the self-signed certificate.");
+        return Ok(());
+    }
+    if ctx.from_boot {
+        // nginx only starts after this service; let appliance-acme.service do it once it runs.
+        ctx.say("setup: the Let's Encrypt certificate will be requested as soon as the web server runs (appliance-acme.service).");
+        return ctx.systemctl(&["start", "appliance-acme.service"]);
+    }
+    match acme::obtain(ctx, answers, false) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            ctx.say(&format!("setup: no Let's Encrypt certificate yet: {e:#}"));
+            ctx.say("setup: the self-signed certificate stays in place; appliance-acme.timer tries again every day.");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::answers::{HostAnswer, PowerOffAnswers};
+    use crate::runner::{Output, RecordingRunner};
+    use crate::validate::tests::ED25519;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    pub fn machine(root: &Path) -> Paths {
+        let paths = Paths::new(root);
+        fs::create_dir_all(paths.appliance_dir()).unwrap();
+        fs::create_dir_all(paths.zoneinfo().join("Europe")).unwrap();
+        fs::write(paths.zoneinfo().join("UTC"), "TZif").unwrap();
+        fs::write(paths.zoneinfo().join("Europe/Berlin"), "TZif").unwrap();
+        fs::create_dir_all(paths.templates_dir()).unwrap();
+        fs::write(
+            paths.templates_dir().join("nginx-site.conf.jinja"),
+            "server_name {{ domain }};\n",
+        )
+        .unwrap();
+        fs::write(
+            paths.templates_dir().join("nginx-setup.conf.jinja"),
+            "setup;\n",
+        )
+        .unwrap();
+        fs::write(
+            paths.templates_dir().join("prosody.cfg.lua.jinja"),
+            "VirtualHost \"{{ domain }}\"\nComponent \"{{ internal_muc_domain }}\"\n",
+        )
+        .unwrap();
+        paths
+    }
+
+    pub fn answers() -> Answers {
+        Answers {
+            domain: "meet.localhost".into(),
+            timezone: "Europe/Berlin".into(),
+            ssh_authorized_keys: vec![ED25519.into()],
+            hosts: vec![HostAnswer {
+                name: "alice".into(),
+                scram: scram::credentials_with_salt(
+                    "Tulip-Harbor-42",
+                    "7d3c0a44-1f6b-4e5a-9c1d-2b3a4c5d6e7f",
+                    10000,
+                ),
+            }],
+            letsencrypt: None,
+            power_off: PowerOffAnswers {
+                idle_minutes: 30,
+                daily_at: Some("23:30".into()),
+            },
+        }
+    }
+
+    /// A runner whose openssl writes the files it was asked for.
+    fn fake_openssl(cmd: &Cmd) -> Result<Output> {
+        if cmd.program == "openssl" {
+            let pos = |flag: &str| cmd.args.iter().position(|a| a == flag).unwrap() + 1;
+            fs::write(&cmd.args[pos("-keyout")], "KEY").unwrap();
+            fs::write(&cmd.args[pos("-out")], "CERT").unwrap();
+        }
+        Ok(Output {
+            success: true,
+            ..Output::default()
+        })
+    }
+
+    #[test]
+    fn full_apply_and_resume_after_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = machine(d.path());
+        answers().save(&paths.answers()).unwrap();
+        // First run: systemctl fails once (as if the machine lost power mid-way).
+        let failed = Rc::new(Cell::new(false));
+        let f = failed.clone();
+        let mut runner = RecordingRunner::with_handler(move |cmd| {
+            if cmd.program == "systemctl" && !f.get() {
+                f.set(true);
+                return Ok(Output {
+                    success: false,
+                    stderr: "Job failed".into(),
+                    ..Output::default()
+                });
+            }
+            fake_openssl(cmd)
+        });
+        let mut out = Vec::new();
+        let err = apply(&mut Ctx {
+            paths: &paths,
+            runner: &mut runner,
+            out: &mut out,
+            from_boot: false,
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("setup step \"services\""),
+            "{err:#}"
+        );
+        assert!(format!("{err:#}").contains("Job failed"), "{err:#}");
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("setup: step 1/10: service secrets\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("setup: step 4/10: self-signed certificate\n"),
+            "{text}"
+        );
+        assert!(!text.contains("setup: complete"));
+        assert_eq!(
+            pending(&paths).unwrap(),
+            vec!["services", "letsencrypt", "done"]
+        );
+        let secrets_before = fs::read_to_string(paths.secrets()).unwrap();
+
+        // Second run resumes at "services" and does not regenerate anything.
+        let mut out = Vec::new();
+        apply(&mut Ctx {
+            paths: &paths,
+            runner: &mut runner,
+            out: &mut out,
+            from_boot: false,
+        })
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("setup: step 8/10: start the meeting services\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("setup: complete\n"), "{text}");
+        assert_eq!(fs::read_to_string(paths.secrets()).unwrap(), secrets_before);
+        assert_eq!(
+            runner
+                .lines()
+                .iter()
+                .filter(|l| l.starts_with("openssl"))
+                .count(),
+            1,
+            "the certificate is made once"
+        );
+        assert_eq!(
+            runner.lines()[1..].to_vec(),
+            vec![
+                "systemctl start appliance-meeting.target",
+                "systemctl start appliance-meeting.target",
+                "systemctl reload-or-restart nginx.service",
+                "systemctl start appliance-meeting.target"
+            ]
+        );
+        assert!(pending(&paths).unwrap().is_empty());
+        assert!(paths.setup_done().exists());
+
+        // What the steps produced.
+        assert_eq!(
+            fs::read_to_string(paths.admin_authorized_keys()).unwrap(),
+            format!("{ED25519}\n")
+        );
+        assert_eq!(
+            fs::read_link(paths.localtime()).unwrap(),
+            Path::new("/usr/share/zoneinfo/Europe/Berlin")
+        );
+        assert_eq!(fs::read_to_string(paths.tls_cert()).unwrap(), "CERT");
+        assert_eq!(
+            fs::read_to_string(paths.nginx_site()).unwrap(),
+            "server_name meet.localhost;\n"
+        );
+        assert_eq!(
+            fs::read_to_string(paths.power_off()).unwrap(),
+            "idle_minutes = 30\ndaily_at = \"23:30\"\n"
+        );
+        let host = AccountStore::open(&paths, "meet.localhost").unwrap();
+        assert!(host
+            .read("alice")
+            .unwrap()
+            .unwrap()
+            .verify("Tulip-Harbor-42"));
+        let auth = AccountStore::open(&paths, "auth.meet.localhost").unwrap();
+        let secrets = Secrets::load(&paths.secrets()).unwrap();
+        assert!(auth
+            .read("focus")
+            .unwrap()
+            .unwrap()
+            .verify(&secrets.focus_password));
+        assert!(auth
+            .read("jvb")
+            .unwrap()
+            .unwrap()
+            .verify(&secrets.jvb_password));
+
+        // Running again does nothing but say it is complete.
+        let n = runner.commands.len();
+        let mut out = Vec::new();
+        apply(&mut Ctx {
+            paths: &paths,
+            runner: &mut runner,
+            out: &mut out,
+            from_boot: false,
+        })
+        .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "setup: complete\n");
+        assert_eq!(runner.commands.len(), n);
+    }
+
+    #[test]
+    fn boot_mode_does_not_block_on_systemd() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = machine(d.path());
+        let mut a = answers();
+        a.letsencrypt = Some(crate::answers::AcmeAnswers {
+            email: "admin@example.org".into(),
+            directory: "https://acme.test/dir".into(),
+            ca_certificate: None,
+        });
+        a.save(&paths.answers()).unwrap();
+        let mut runner = RecordingRunner::with_handler(fake_openssl);
+        let mut out = Vec::new();
+        apply(&mut Ctx {
+            paths: &paths,
+            runner: &mut runner,
+            out: &mut out,
+            from_boot: true,
+        })
+        .unwrap();
+        let systemctl: Vec<String> = runner
+            .lines()
+            .into_iter()
+            .filter(|l| l.starts_with("systemctl"))
+            .collect();
+        assert_eq!(
+            systemctl,
+            vec![
+                "systemctl --no-block start appliance-meeting.target",
+                "systemctl --no-block reload-or-restart nginx.service",
+                "systemctl --no-block start appliance-acme.service",
+                "systemctl --no-block start appliance-meeting.target"
+            ]
+        );
+    }
+
+    #[test]
+    fn apply_without_answers_explains() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = machine(d.path());
+        let mut runner = RecordingRunner::new();
+        let mut out = Vec::new();
+        let e = apply(&mut Ctx {
+            paths: &paths,
+            runner: &mut runner,
+            out: &mut out,
+            from_boot: false,
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("appliance-admin wizard"));
+    }
+
+    #[test]
+    fn ssh_keys_merge_without_duplicates() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths::new(d.path());
+        fs::create_dir_all(paths.authorized_keys_dir()).unwrap();
+        fs::write(
+            paths.admin_authorized_keys(),
+            "ssh-ed25519 AAAAexisting old@host\n",
+        )
+        .unwrap();
+        let again = ED25519.replace("test@example", "other-comment");
+        install_ssh_keys(&paths, &[ED25519.into(), again]).unwrap();
+        install_ssh_keys(&paths, &[ED25519.into()]).unwrap();
+        assert_eq!(
+            fs::read_to_string(paths.admin_authorized_keys()).unwrap(),
+            format!("ssh-ed25519 AAAAexisting old@host\n{ED25519}\n")
+        );
+    }
+
+    #[test]
+    fn interrupted_certificate_is_regenerated() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = machine(d.path());
+        // A key without a certificate (power cut between the two renames).
+        fs::create_dir_all(paths.tls_dir()).unwrap();
+        fs::write(paths.tls_key(), "OLDKEY").unwrap();
+        let mut runner = RecordingRunner::with_handler(fake_openssl);
+        let mut out = Vec::new();
+        let mut ctx = Ctx {
+            paths: &paths,
+            runner: &mut runner,
+            out: &mut out,
+            from_boot: false,
+        };
+        self_signed(&mut ctx, "meet.localhost").unwrap();
+        assert_eq!(fs::read_to_string(paths.tls_key()).unwrap(), "KEY");
+        assert!(runner.lines()[0]
+            .contains("-subj /CN=meet.localhost -addext subjectAltName=DNS:meet.localhost"));
+    }
+}
