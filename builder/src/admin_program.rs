@@ -110,6 +110,12 @@ fn compile(arch: Arch, target_dir: &Path, on_line: &mut impl FnMut(&str)) -> Res
                  run `appliance doctor --install`"
             );
         }
+        if arch == Arch::Arm64 && !Path::new("/usr/aarch64-linux-gnu/lib/crti.o").exists() {
+            bail!(
+                "linking appliance-admin for arm64 needs the arm64 C library for cross builds \
+                 (Debian package libc6-dev-arm64-cross); run `appliance doctor --install`"
+            );
+        }
         let var = format!(
             "CARGO_TARGET_{}_LINKER",
             target.to_uppercase().replace('-', "_")

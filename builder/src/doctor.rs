@@ -87,6 +87,14 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
         false,
         "arm64",
     ),
+    // The C runtime files and glibc the cross linker links against (only recommended by the
+    // compiler package, which is installed without recommends).
+    (
+        "/usr/aarch64-linux-gnu/lib/crti.o",
+        "libc6-dev-arm64-cross",
+        false,
+        "arm64",
+    ),
     (RUST_STD_AARCH64, RUSTUP_AARCH64, false, "arm64"),
     // Every configuration the machine generates is checked by its real consumer in the tests.
     // `[firstboot] timezone` is checked against the host's time zone database.

@@ -104,7 +104,7 @@ fn run_step(ctx: &mut Ctx, name: &str, answers: &Answers) -> Result<()> {
         "timezone" => set_timezone(ctx.paths, &answers.timezone),
         "tls-self-signed" => self_signed(ctx, &answers.domain),
         "config" => render_config(ctx.paths, answers).map(|_| ()),
-        "internal-accounts" => internal_accounts(ctx.paths, answers),
+        "internal-accounts" => internal_accounts(ctx, answers),
         "host-accounts" => host_accounts(ctx.paths, answers),
         "services" => {
             ctx.systemctl(&["start", "appliance-meeting.target"])?;
@@ -239,7 +239,8 @@ pub fn render_config(paths: &Paths, answers: &Answers) -> Result<Vec<String>> {
 }
 
 /// focus@auth.<domain> and jvb@auth.<domain>, used by jicofo and the videobridge.
-fn internal_accounts(paths: &Paths, answers: &Answers) -> Result<()> {
+fn internal_accounts(ctx: &mut Ctx, answers: &Answers) -> Result<()> {
+    let paths = ctx.paths;
     let secrets = Secrets::load(&paths.secrets())?;
     let store = AccountStore::open(paths, &format!("auth.{}", answers.domain))?;
     for (user, pw) in [
@@ -251,6 +252,17 @@ fn internal_accounts(paths: &Paths, answers: &Answers) -> Result<()> {
             continue;
         }
         store.write(user, &scram::new_credentials(pw)?)?;
+    }
+    if paths.jitsi_index().exists() {
+        // Jitsi's focus component must be in the focus user's roster, as Jitsi's own
+        // jitsi-meet-prosody install script arranges (its mod_roster_command; idempotent).
+        let d = &answers.domain;
+        ctx.runner.check(&Cmd::new("prosodyctl").args([
+            "mod_roster_command".to_string(),
+            "subscribe".to_string(),
+            format!("focus.{d}"),
+            format!("focus@auth.{d}"),
+        ]))?;
     }
     Ok(())
 }
@@ -523,6 +535,28 @@ pub(crate) mod tests {
                 "systemctl --no-block start appliance-meeting.target"
             ]
         );
+    }
+
+    #[test]
+    fn with_jitsi_the_focus_component_is_subscribed() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = machine(d.path());
+        fs::create_dir_all(paths.jitsi_index().parent().unwrap()).unwrap();
+        fs::write(paths.jitsi_index(), "<html></html>").unwrap();
+        answers().save(&paths.answers()).unwrap();
+        let mut runner = RecordingRunner::with_handler(fake_openssl);
+        let mut out = Vec::new();
+        apply(&mut Ctx {
+            paths: &paths,
+            runner: &mut runner,
+            out: &mut out,
+            from_boot: false,
+        })
+        .unwrap();
+        let domain = answers().domain;
+        assert!(runner.lines().contains(&format!(
+            "prosodyctl mod_roster_command subscribe focus.{domain} focus@auth.{domain}"
+        )));
     }
 
     #[test]
