@@ -74,6 +74,9 @@ fn run() -> Result<()> {
             "Lynis hardening index: {index} (audit took {:.0} s)",
             t.elapsed().as_secs_f64()
         );
+        for f in hardening::lynis_findings(&ssh)? {
+            println!("lynis {f}");
+        }
         Ok(())
     })();
     let _ = machine.power_off();

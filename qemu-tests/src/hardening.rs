@@ -120,6 +120,15 @@ pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
     Ok(r)
 }
 
+/// Lynis' findings after [`lynis_index`] ran: its warnings and suggestions (test id and text).
+pub fn lynis_findings(ssh: &Ssh) -> Result<Vec<String>> {
+    let report = sudo(
+        ssh,
+        "grep -E '^(warning|suggestion)\\[\\]=' /run/lynis-report.dat",
+    )?;
+    Ok(report.lines().map(str::to_string).collect())
+}
+
 /// Lynis' hardening index (0-100) of the running machine; its report goes to RAM. Under TCG
 /// this takes many minutes, so it is a measurement (`examples/audit.rs`), not part of the tests.
 pub fn lynis_index(ssh: &Ssh) -> Result<u32> {
