@@ -106,11 +106,12 @@ impl PasswordSource for StdinPassword {
     ) -> Result<String> {
         let stdin = std::io::stdin();
         let read = |prompt: &str| -> Result<String> {
+            // Echo off before the prompt shows, so nothing typed early is displayed.
+            let _guard = term::EchoOff::new(stdin.as_raw_fd());
             if !prompt.is_empty() {
                 eprint!("{prompt}: ");
                 std::io::stderr().flush()?;
             }
-            let _guard = term::EchoOff::new(stdin.as_raw_fd());
             let mut line = String::new();
             if stdin.lock().read_line(&mut line)? == 0 {
                 bail!("no password was given (the input ended)");

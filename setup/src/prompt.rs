@@ -115,9 +115,11 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
 
     /// A line typed without echo when on a terminal.
     fn secret(&mut self, question: &str) -> Result<String> {
+        // Echo goes off before the prompt appears: someone (or a script) typing as soon as
+        // they see it must not have the first characters shown.
+        let _guard = self.tty_fd.and_then(EchoOff::new);
         write!(self.out, "{question}: ")?;
         self.out.flush()?;
-        let _guard = self.tty_fd.and_then(EchoOff::new);
         self.read_line()
     }
 
