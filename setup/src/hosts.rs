@@ -44,17 +44,29 @@ pub fn add(
         bail!("the host \"{name}\" already exists. To give it a new password use: appliance-admin hosts passwd {name}");
     }
     let domain = a.domain.clone();
-    let password = pw.new_password(&name, &|p| validate::password(p, &name, &domain))?;
-    let creds = scram::new_credentials(&password)?;
-    store.write(&name, &creds)?;
-    a.hosts.retain(|h| h.name != name);
-    a.hosts.push(HostAnswer {
-        name: name.clone(),
-        scram: creds,
-    });
-    a.save(&paths.answers())?;
+    store_new_password(paths, &mut a, &store, &name, pw)?;
     writeln!(out, "Added the host \"{name}\". They can now sign in at https://{domain}/ to open meeting rooms.")?;
     Ok(())
+}
+
+/// Asks for `name`'s password (strength checked), stores it in Prosody and in the answers.
+fn store_new_password(
+    paths: &Paths,
+    a: &mut Answers,
+    store: &AccountStore,
+    name: &str,
+    pw: &mut dyn PasswordSource,
+) -> Result<()> {
+    let domain = a.domain.clone();
+    let password = pw.new_password(name, &|p| validate::password(p, name, &domain))?;
+    let creds = scram::new_credentials(&password)?;
+    store.write(name, &creds)?;
+    a.hosts.retain(|h| h.name != name);
+    a.hosts.push(HostAnswer {
+        name: name.to_string(),
+        scram: creds,
+    });
+    a.save(&paths.answers())
 }
 
 pub fn passwd(
@@ -69,16 +81,7 @@ pub fn passwd(
     if !store.exists(&name) {
         bail!("there is no host called \"{name}\". See the hosts with: appliance-admin hosts list");
     }
-    let domain = a.domain.clone();
-    let password = pw.new_password(&name, &|p| validate::password(p, &name, &domain))?;
-    let creds = scram::new_credentials(&password)?;
-    store.write(&name, &creds)?;
-    a.hosts.retain(|h| h.name != name);
-    a.hosts.push(HostAnswer {
-        name: name.clone(),
-        scram: creds,
-    });
-    a.save(&paths.answers())?;
+    store_new_password(paths, &mut a, &store, &name, pw)?;
     writeln!(out, "Changed the password of \"{name}\". Sessions that are already signed in stay signed in until they leave.")?;
     Ok(())
 }
