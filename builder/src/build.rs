@@ -18,7 +18,7 @@ use crate::packages;
 use crate::partitions::{self, types, PartitionSpec, ALIGN};
 use crate::progress::{human_bytes, Progress, StageTiming};
 use crate::rootfs;
-use crate::verity;
+use appliance_spec::verity;
 
 pub struct BuildOptions {
     pub out_dir: PathBuf,

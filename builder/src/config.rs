@@ -65,63 +65,7 @@ pub struct Image {
     pub source_date_epoch: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub enum Board {
-    #[default]
-    #[serde(rename = "generic")]
-    Generic,
-    #[serde(rename = "raspberry-pi")]
-    RaspberryPi,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    #[default]
-    #[serde(rename = "x86_64", alias = "amd64")]
-    X86_64,
-    #[serde(rename = "arm64", alias = "aarch64")]
-    Arm64,
-}
-
-impl Arch {
-    /// Debian's name for the architecture.
-    pub fn debian(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-    /// The UEFI removable-media boot file name.
-    pub fn efi_boot_file(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "BOOTX64.EFI",
-            Arch::Arm64 => "BOOTAA64.EFI",
-        }
-    }
-    /// systemd-boot's file name for this architecture.
-    pub fn systemd_boot_file(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "systemd-bootx64.efi",
-            Arch::Arm64 => "systemd-bootaa64.efi",
-        }
-    }
-    pub fn serial_console(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "ttyS0",
-            Arch::Arm64 => "ttyAMA0",
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Arm64 => "arm64",
-        })
-    }
-}
+pub use appliance_spec::{Arch, Board};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Format {
@@ -518,7 +462,7 @@ impl Config {
         if !self.firstboot.is_empty() {
             let text = toml::to_string(&self.firstboot).context("serialising [firstboot]")?;
             let where_ = format!("{origin}: [firstboot]");
-            appliance_admin::answers::Seed::parse(&text, &where_)?
+            appliance_spec::seed::Seed::parse(&text, &where_)?
                 .validate(&where_, Path::new("/usr/share/zoneinfo"))?;
         }
         let name_ok = !self.image.name.is_empty()

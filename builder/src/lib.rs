@@ -21,4 +21,3 @@ pub mod partitions;
 pub mod progress;
 pub mod rootfs;
 pub mod testing;
-pub mod verity;

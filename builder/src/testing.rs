@@ -23,7 +23,7 @@ pub fn image_under_test(image: &Path) -> Result<ImageUnderTest> {
         .find(|p| p.label == LABEL_ROOT_A)
         .with_context(|| format!("{} has no {LABEL_ROOT_A} partition", image.display()))?;
     let arch = if root.type_guid == types::ROOT_ARM64 {
-        Arch::Aarch64
+        Arch::Arm64
     } else {
         Arch::X86_64
     };
@@ -196,7 +196,7 @@ pub fn run_interactive(
     let vars_dir = tempfile::tempdir()?;
     match img.arch {
         Arch::X86_64 => args.extend(["-machine".into(), "q35".into()]),
-        Arch::Aarch64 => args.extend(["-machine".into(), "virt".into()]),
+        Arch::Arm64 => args.extend(["-machine".into(), "virt".into()]),
     }
     args.extend(choice.qemu_args());
     args.extend(
@@ -239,7 +239,7 @@ pub fn run_interactive(
             "if=pflash,format=raw,unit=1,file={}",
             vars.display()
         ));
-    } else if img.arch == Arch::Aarch64 {
+    } else if img.arch == Arch::Arm64 {
         bail!("arm64 images boot with UEFI only; use --firmware uefi");
     }
     args.push("-drive".into());
@@ -272,14 +272,14 @@ pub fn run_interactive(
         choice.reason,
         if keep { "" } else { "; changes are discarded" }
     );
-    let status = std::process::Command::new(img.arch.qemu_binary())
+    let status = std::process::Command::new(appliance_qemu_tests::machine::qemu_binary(img.arch))
         .args(&args)
         .status()
         .with_context(|| {
             format!(
                 "cannot start {} (package {})",
-                img.arch.qemu_binary(),
-                img.arch.qemu_package()
+                appliance_qemu_tests::machine::qemu_binary(img.arch),
+                appliance_qemu_tests::machine::qemu_package(img.arch)
             )
         })?;
     if !status.success() {

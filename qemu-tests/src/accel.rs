@@ -39,11 +39,7 @@ pub struct HostProbe {
 impl HostProbe {
     /// Reads the real host state.
     pub fn from_host() -> HostProbe {
-        let host_arch = match std::env::consts::ARCH {
-            "x86_64" => Some(Arch::X86_64),
-            "aarch64" => Some(Arch::Aarch64),
-            _ => None,
-        };
+        let host_arch = Arch::host();
         HostProbe {
             host_arch,
             // An unreadable cpuinfo simply means "no vmx/svm seen", which selects TCG.
@@ -76,7 +72,7 @@ impl AccelChoice {
             (Accel::Kvm, _) => &["-accel", "kvm", "-cpu", "host"],
             (Accel::Tcg, Arch::X86_64) => &["-accel", "tcg", "-cpu", "max"],
             // pauth-impdef makes TCG's pointer-authentication emulation much cheaper.
-            (Accel::Tcg, Arch::Aarch64) => &["-accel", "tcg", "-cpu", "max,pauth-impdef=on"],
+            (Accel::Tcg, Arch::Arm64) => &["-accel", "tcg", "-cpu", "max,pauth-impdef=on"],
         };
         args.iter().map(|s| s.to_string()).collect()
     }
@@ -230,7 +226,7 @@ mod tests {
 
     #[test]
     fn foreign_guest_gives_tcg_with_pauth() {
-        let c = decide(&good_x86(), Arch::Aarch64).unwrap();
+        let c = decide(&good_x86(), Arch::Arm64).unwrap();
         assert_eq!(c.accel, Accel::Tcg);
         assert_eq!(
             c.qemu_args(),
@@ -241,11 +237,11 @@ mod tests {
     #[test]
     fn aarch64_host_needs_no_vmx_flag() {
         let p = HostProbe {
-            host_arch: Some(Arch::Aarch64),
+            host_arch: Some(Arch::Arm64),
             cpuinfo: "Features : fp asimd\n".into(),
             ..good_x86()
         };
-        assert_eq!(decide(&p, Arch::Aarch64).unwrap().accel, Accel::Kvm);
+        assert_eq!(decide(&p, Arch::Arm64).unwrap().accel, Accel::Kvm);
     }
 
     #[test]
@@ -275,6 +271,6 @@ mod tests {
             env_override: Some("kvm".into()),
             ..good_x86()
         };
-        assert!(decide(&p, Arch::Aarch64).is_err());
+        assert!(decide(&p, Arch::Arm64).is_err());
     }
 }

@@ -13,7 +13,7 @@ pub mod http;
 pub mod machine;
 pub mod meeting;
 pub mod pebble;
-pub mod report;
+
 pub mod scenarios;
 pub mod ssh;
 pub mod xmpp;
@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 
 pub use accel::{Accel, AccelChoice, HostProbe};
+pub use appliance_spec::ready::{BootReport, Expect, READY_MARKER};
 pub use console::ConsoleMatch;
 pub use machine::{free_port, Arch, Firmware, Machine, MachineConfig};
-pub use report::{BootReport, Expect, READY_MARKER};
 
 /// Console lines that mean the boot has gone wrong. Seeing one does not stop the wait (a
 /// `Failed to start` can be harmless), but they are reported if the marker never comes.

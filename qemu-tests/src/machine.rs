@@ -15,37 +15,21 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::accel::{self, AccelChoice};
 use crate::console::{Console, ConsoleMatch, WaitFailure};
 
-/// Guest architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Arch {
-    X86_64,
-    Aarch64,
-}
+pub use appliance_spec::Arch;
 
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Aarch64 => "aarch64",
-        })
+/// The QEMU system emulator binary for a guest architecture.
+pub fn qemu_binary(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "qemu-system-x86_64",
+        Arch::Arm64 => "qemu-system-aarch64",
     }
 }
 
-impl Arch {
-    /// The QEMU system emulator binary for this architecture.
-    pub fn qemu_binary(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "qemu-system-x86_64",
-            Arch::Aarch64 => "qemu-system-aarch64",
-        }
-    }
-
-    /// The Debian package that ships [`Arch::qemu_binary`].
-    pub fn qemu_package(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "qemu-system-x86",
-            Arch::Aarch64 => "qemu-system-arm",
-        }
+/// The Debian package that ships [`qemu_binary`].
+pub fn qemu_package(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "qemu-system-x86",
+        Arch::Arm64 => "qemu-system-arm",
     }
 }
 
@@ -75,7 +59,7 @@ impl UefiFirmware {
                 package: "ovmf",
                 pflash_size: None,
             },
-            Arch::Aarch64 => UefiFirmware {
+            Arch::Arm64 => UefiFirmware {
                 code: "/usr/share/AAVMF/AAVMF_CODE.fd".into(),
                 vars_template: "/usr/share/AAVMF/AAVMF_VARS.fd".into(),
                 package: "qemu-efi-aarch64",
@@ -225,7 +209,7 @@ pub fn qemu_args(
 ) -> Result<Vec<String>> {
     let machine = match cfg.arch {
         Arch::X86_64 => "q35",
-        Arch::Aarch64 => "virt",
+        Arch::Arm64 => "virt",
     };
     let mut a: Vec<String> = vec!["-machine".into(), machine.into()];
     a.extend(accel.qemu_args());
@@ -248,7 +232,7 @@ pub fn qemu_args(
     ]);
 
     match (cfg.arch, cfg.firmware) {
-        (Arch::Aarch64, Firmware::Bios) => {
+        (Arch::Arm64, Firmware::Bios) => {
             bail!("aarch64 has no legacy BIOS boot; use Firmware::Uefi for aarch64 guests")
         }
         (arch, Firmware::Uefi) => {
@@ -333,12 +317,12 @@ pub fn qemu_args(
 impl Machine {
     /// Spawns QEMU (paused), connects QMP and the serial console, then resumes the guest.
     pub fn start(cfg: &MachineConfig) -> Result<Machine> {
-        let binary = cfg.arch.qemu_binary();
+        let binary = qemu_binary(cfg.arch);
         let qemu = find_in_path(binary).ok_or_else(|| {
             anyhow!(
                 "{binary} not found in PATH: install it with \
                  `apt-get install -t bookworm-backports {}`",
-                cfg.arch.qemu_package()
+                qemu_package(cfg.arch)
             )
         })?;
         fs::create_dir_all(&cfg.workdir)
@@ -683,8 +667,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("d.img");
         File::create(&disk).unwrap();
-        let cfg = MachineConfig::new(Arch::Aarch64, Firmware::Bios, &disk, dir.path());
-        let e = qemu_args(&cfg, &tcg(Arch::Aarch64), Path::new("q"), Path::new("s"))
+        let cfg = MachineConfig::new(Arch::Arm64, Firmware::Bios, &disk, dir.path());
+        let e = qemu_args(&cfg, &tcg(Arch::Arm64), Path::new("q"), Path::new("s"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("aarch64 has no legacy BIOS"), "{e}");

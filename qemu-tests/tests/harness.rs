@@ -110,7 +110,7 @@ fn bios_x86_64_seabios_on_serial_with_port_forward() {
 
 #[test]
 fn uefi_aarch64_prints_on_serial() {
-    let (_dir, cfg) = empty_disk_config(Arch::Aarch64, Firmware::Uefi);
+    let (_dir, cfg) = empty_disk_config(Arch::Arm64, Firmware::Uefi);
     let m = start(&cfg);
     let hit = m
         .wait_for_any(&["BdsDxe"], FIRMWARE_TIMEOUT)

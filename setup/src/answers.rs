@@ -1,70 +1,15 @@
-//! The seed file (`appliance-setup.toml` on the ESP, also the wizard's defaults) and the
-//! confirmed answers (`/data/appliance/answers.toml`).
+//! The confirmed answers (`/data/appliance/answers.toml`), made from a complete seed or from
+//! the wizard. The seed file's schema and checks are in [`appliance_spec::seed`].
 //!
 //! The seed may hold host passwords in clear; answers never do: by the time answers are
 //! stored, each password has become Prosody SCRAM credentials.
 
 use crate::fsutil;
 use crate::scram::{self, Credentials};
-use crate::validate;
 use anyhow::{Context, Result};
+use appliance_spec::seed::{LetsEncrypt, Seed, ValidSeed, DEFAULT_TIMEZONE, LETSENCRYPT_DIRECTORY};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-pub const LETSENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
-pub const LETSENCRYPT_TERMS: &str = "https://letsencrypt.org/repository/";
-pub const DEFAULT_TIMEZONE: &str = "UTC";
-
-/// Every key is optional: a partial seed only fills in the wizard's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Seed {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timezone: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ssh_authorized_keys: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<SeedHost>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub letsencrypt: Option<LetsEncrypt>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub power_off: Option<PowerOff>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SeedHost {
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LetsEncrypt {
-    /// Absent or empty: self-signed certificate only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
-    #[serde(default)]
-    pub accept_terms: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub directory: Option<String>,
-    /// PEM certificate trusted for `directory` (test CAs such as Pebble).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_certificate: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PowerOff {
-    /// 0 = never.
-    #[serde(default)]
-    pub idle_minutes: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub daily_at: Option<String>,
-}
 
 /// Confirmed answers, as stored in /data/appliance/answers.toml.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,170 +51,40 @@ pub struct PowerOffAnswers {
     pub daily_at: Option<String>,
 }
 
-/// A seed whose every present value passed validation (values normalised).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ValidSeed(pub Seed);
-
-impl Seed {
-    /// Parse seed TOML; `origin` names the file in messages.
-    pub fn parse(text: &str, origin: &str) -> Result<Seed> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {}", e.to_string().trim_end()))
+/// Turns a complete, validated seed into answers (passwords become SCRAM credentials).
+pub fn from_seed(seed: ValidSeed) -> Result<Answers> {
+    let s = seed.0;
+    let domain = s
+        .domain
+        .clone()
+        .context("the seed has no `domain`, so it cannot be applied without questions")?;
+    let mut hosts = Vec::new();
+    for h in &s.hosts {
+        let pw = h
+            .password
+            .as_deref()
+            .with_context(|| format!("the host \"{}\" has no `password`", h.name))?;
+        hosts.push(HostAnswer {
+            name: h.name.clone(),
+            scram: scram::new_credentials(pw)?,
+        });
     }
-
-    pub fn load(path: &Path) -> Result<Seed> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Seed::parse(&text, &path.display().to_string())
-    }
-
-    /// Complete = can be applied without asking anything: a domain, SSH keys, and hosts with
-    /// passwords.
-    pub fn is_complete(&self) -> bool {
-        // Without an SSH key nobody could log in to manage the machine afterwards.
-        self.domain.as_deref().is_some_and(|d| !d.trim().is_empty())
-            && !self.ssh_authorized_keys.is_empty()
-            && !self.hosts.is_empty()
-            && self.hosts.iter().all(|h| h.password.is_some())
-    }
-
-    /// Validate every value that is present; errors name the file and the key.
-    pub fn validate(&self, origin: &str, zoneinfo: &Path) -> Result<ValidSeed> {
-        let mut errors: Vec<String> = Vec::new();
-        let mut err = |key: &str, msg: String| errors.push(format!("{origin}: `{key}`: {msg}"));
-        let mut out = self.clone();
-        if let Some(d) = &self.domain {
-            match validate::domain(d) {
-                Ok(d) => out.domain = Some(d),
-                Err(m) => err("domain", m),
-            }
-        }
-        if let Some(tz) = &self.timezone {
-            match validate::timezone(tz, zoneinfo) {
-                Ok(tz) => out.timezone = Some(tz),
-                Err(m) => err("timezone", m),
-            }
-        }
-        for (i, k) in self.ssh_authorized_keys.iter().enumerate() {
-            match validate::ssh_public_key(k) {
-                Ok(k) => out.ssh_authorized_keys[i] = k,
-                Err(m) => err(&format!("ssh_authorized_keys[{i}]"), m),
-            }
-        }
-        let domain = out.domain.clone().unwrap_or_default();
-        let mut seen = Vec::new();
-        for (i, h) in self.hosts.iter().enumerate() {
-            match validate::host_name(&h.name) {
-                Ok(n) => {
-                    if seen.contains(&n) {
-                        err(
-                            &format!("hosts[{i}].name"),
-                            format!("the host \"{n}\" is listed twice."),
-                        );
-                    }
-                    seen.push(n.clone());
-                    out.hosts[i].name = n;
-                }
-                Err(m) => err(&format!("hosts[{i}].name"), m),
-            }
-            if let Some(pw) = &h.password {
-                if let Err(m) = validate::password(pw, &out.hosts[i].name, &domain) {
-                    err(&format!("hosts[{i}].password"), m);
-                }
-            }
-        }
-        if let Some(le) = &self.letsencrypt {
-            let email = le.email.as_deref().map(str::trim).filter(|e| !e.is_empty());
-            let mut le_out = le.clone();
-            le_out.email = None;
-            if let Some(e) = email {
-                match validate::email(e) {
-                    Ok(e) => le_out.email = Some(e),
-                    Err(m) => err("letsencrypt.email", m),
-                }
-                if !le.accept_terms {
-                    err("letsencrypt.accept_terms", format!("must be true when an e-mail address is given: it says you accept the certificate authority's terms ({LETSENCRYPT_TERMS})."));
-                }
-            }
-            if let Some(dir) = &le.directory {
-                if !(dir.starts_with("https://") || dir.starts_with("http://"))
-                    || dir.contains(char::is_whitespace)
-                {
-                    err("letsencrypt.directory", "must be the URL of an ACME directory, such as https://acme-v02.api.letsencrypt.org/directory.".into());
-                }
-            }
-            if let Some(ca) = &le.ca_certificate {
-                if !ca.contains("-----BEGIN CERTIFICATE-----") {
-                    err("letsencrypt.ca_certificate", "must be a PEM certificate (text starting with -----BEGIN CERTIFICATE-----).".into());
-                }
-            }
-            out.letsencrypt = Some(le_out);
-        }
-        if let Some(p) = &self.power_off {
-            let mut p_out = p.clone();
-            if let Err(m) = validate::idle_minutes(p.idle_minutes) {
-                err("power_off.idle_minutes", m);
-            }
-            if let Some(t) = &p.daily_at {
-                match validate::time_of_day(t) {
-                    Ok(t) => p_out.daily_at = Some(t),
-                    Err(m) => err("power_off.daily_at", m),
-                }
-            }
-            out.power_off = Some(p_out);
-        }
-        if errors.is_empty() {
-            Ok(ValidSeed(out))
-        } else {
-            anyhow::bail!("{}", errors.join("\n"))
-        }
-    }
-
-    /// The same values without any password: safe to keep on disk as wizard defaults.
-    pub fn without_passwords(&self) -> Seed {
-        let mut s = self.clone();
-        for h in &mut s.hosts {
-            h.password = None;
-        }
-        s
-    }
-}
-
-impl ValidSeed {
-    /// Turn a complete, validated seed into answers (passwords become SCRAM credentials).
-    pub fn into_answers(self) -> Result<Answers> {
-        let s = self.0;
-        let domain = s
-            .domain
+    anyhow::ensure!(!hosts.is_empty(), "the seed lists no `hosts`");
+    let power = s.power_off.clone().unwrap_or_default();
+    Ok(Answers {
+        domain,
+        timezone: s
+            .timezone
             .clone()
-            .context("the seed has no `domain`, so it cannot be applied without questions")?;
-        let mut hosts = Vec::new();
-        for h in &s.hosts {
-            let pw = h
-                .password
-                .as_deref()
-                .with_context(|| format!("the host \"{}\" has no `password`", h.name))?;
-            hosts.push(HostAnswer {
-                name: h.name.clone(),
-                scram: scram::new_credentials(pw)?,
-            });
-        }
-        anyhow::ensure!(!hosts.is_empty(), "the seed lists no `hosts`");
-        let power = s.power_off.clone().unwrap_or_default();
-        Ok(Answers {
-            domain,
-            timezone: s
-                .timezone
-                .clone()
-                .unwrap_or_else(|| DEFAULT_TIMEZONE.into()),
-            ssh_authorized_keys: s.ssh_authorized_keys.clone(),
-            hosts,
-            letsencrypt: acme_answers(s.letsencrypt.as_ref()),
-            power_off: PowerOffAnswers {
-                idle_minutes: u32::try_from(power.idle_minutes).unwrap_or(0),
-                daily_at: power.daily_at,
-            },
-        })
-    }
+            .unwrap_or_else(|| DEFAULT_TIMEZONE.into()),
+        ssh_authorized_keys: s.ssh_authorized_keys.clone(),
+        hosts,
+        letsencrypt: acme_answers(s.letsencrypt.as_ref()),
+        power_off: PowerOffAnswers {
+            idle_minutes: u32::try_from(power.idle_minutes).unwrap_or(0),
+            daily_at: power.daily_at,
+        },
+    })
 }
 
 /// ACME settings only when an e-mail was given and the terms accepted.
@@ -316,7 +131,7 @@ pub fn save_defaults(seed: &Seed, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::tests::ED25519;
+    use crate::testkeys::ED25519;
 
     fn zoneinfo() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -351,7 +166,7 @@ daily_at = "7:30"
         let seed = Seed::parse(&full_seed(), "appliance-setup.toml").unwrap();
         assert!(seed.is_complete());
         let v = seed.validate("appliance-setup.toml", z.path()).unwrap();
-        let a = v.into_answers().unwrap();
+        let a = from_seed(v).unwrap();
         assert_eq!(a.domain, "meet.example.org");
         assert_eq!(a.timezone, "Europe/Berlin");
         assert_eq!(a.hosts[0].name, "alice");
@@ -371,106 +186,15 @@ daily_at = "7:30"
     }
 
     #[test]
-    fn partial_seeds_are_not_complete() {
-        assert!(!Seed::parse("domain = \"meet.example.org\"", "f")
-            .unwrap()
-            .is_complete());
-        assert!(
-            !Seed::parse("[[hosts]]\nname = \"a\"\npassword = \"x\"", "f")
-                .unwrap()
-                .is_complete()
-        );
-        let no_pw = "domain = \"meet.example.org\"\n[[hosts]]\nname = \"alice\"";
-        assert!(!Seed::parse(no_pw, "f").unwrap().is_complete());
-        assert!(!Seed::default().is_complete());
-    }
-
-    #[test]
-    fn unknown_key_is_named() {
-        let e = Seed::parse("domian = \"meet.example.org\"", "appliance-setup.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("appliance-setup.toml:"), "{e}");
-        assert!(e.contains("domian"), "{e}");
-        let e = Seed::parse("[letsencrypt]\nmail = \"a@b.org\"", "seed")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("mail"), "{e}");
-    }
-
-    #[test]
-    fn wrong_type_is_located() {
-        let e = Seed::parse("domain = 5", "appliance-setup.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("appliance-setup.toml") && e.contains("domain = 5"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn invalid_values_name_their_key() {
-        let z = zoneinfo();
-        let text = r#"
-domain = "localhost"
-timezone = "Mars/Olympus"
-ssh_authorized_keys = ["ssh-ed25519 AAAA"]
-[[hosts]]
-name = "alice"
-password = "short"
-[[hosts]]
-name = "Alice"
-[letsencrypt]
-email = "admin@example.org"
-[power_off]
-idle_minutes = 20000
-daily_at = "25:00"
-"#;
-        let e = Seed::parse(text, "seed.toml")
-            .unwrap()
-            .validate("seed.toml", z.path())
-            .unwrap_err()
-            .to_string();
-        for key in [
-            "`domain`",
-            "`timezone`",
-            "`ssh_authorized_keys[0]`",
-            "`hosts[0].password`",
-            "`hosts[1].name`",
-            "`letsencrypt.accept_terms`",
-            "`power_off.idle_minutes`",
-            "`power_off.daily_at`",
-        ] {
-            assert!(
-                e.contains(&format!("seed.toml: {key}")),
-                "{key} missing in:\n{e}"
-            );
-        }
-    }
-
-    #[test]
     fn empty_email_means_self_signed() {
         let z = zoneinfo();
         let text = "domain = \"meet.localhost\"\n[[hosts]]\nname = \"a\"\npassword = \"Tulip-Harbor-42\"\n[letsencrypt]\nemail = \"\"";
         let a = Seed::parse(text, "f")
             .unwrap()
             .validate("f", z.path())
-            .unwrap()
-            .into_answers()
             .unwrap();
+        let a = from_seed(a).unwrap();
         assert!(a.letsencrypt.is_none());
         assert_eq!(a.timezone, "UTC");
-    }
-
-    #[test]
-    fn defaults_drop_passwords() {
-        let seed = Seed::parse(&full_seed(), "f").unwrap();
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("defaults.toml");
-        save_defaults(&seed, &p).unwrap();
-        let back = Seed::load(&p).unwrap();
-        assert_eq!(back.hosts[0].password, None);
-        assert_eq!(back.domain.as_deref(), Some("Meet.Example.org"));
     }
 }

@@ -3,14 +3,16 @@
 //! Its stdout goes to the journal and the console (the unit sets journal+console), so messages
 //! meant for the person at the machine are simply printed.
 
-use crate::answers::{self, Answers, Seed};
+use crate::answers::{self, Answers};
 use crate::cloud;
 use crate::fsutil;
-use crate::paths::{Paths, SEED_FILE_NAME};
+use crate::paths::Paths;
 use crate::render::{self, Phase};
 use crate::runner::Cmd;
 use crate::steps::{self, Ctx};
 use anyhow::{Context, Result};
+use appliance_spec::esp::SEED_FILE;
+use appliance_spec::seed::Seed;
 use std::fs;
 
 /// Directories every later step (and nginx) expects.
@@ -106,7 +108,7 @@ fn read_seed(ctx: &mut Ctx) -> Result<Option<Answers>> {
         ));
         return Ok(None);
     }
-    let result = handle_seed(ctx, &mnt.join(SEED_FILE_NAME));
+    let result = handle_seed(ctx, &mnt.join(SEED_FILE));
     let _ = ctx
         .runner
         .check(&Cmd::new("umount").arg(mnt.display().to_string()));
@@ -124,11 +126,11 @@ fn handle_seed(ctx: &mut Ctx, seed_path: &std::path::Path) -> Result<Option<Answ
         ctx.say("setup: appliance-setup.toml was not used and is deleted: this machine is already set up (change it with appliance-admin)");
         return Ok(None);
     }
-    let checked = Seed::load(seed_path).and_then(|s| s.validate(SEED_FILE_NAME, &paths.zoneinfo()));
+    let checked = Seed::load(seed_path).and_then(|s| s.validate(SEED_FILE, &paths.zoneinfo()));
     let seed = match checked {
         Ok(v) => v,
         Err(e) => {
-            let invalid = seed_path.with_file_name(format!("{SEED_FILE_NAME}.invalid"));
+            let invalid = seed_path.with_file_name(format!("{SEED_FILE}.invalid"));
             let renamed = fs::rename(seed_path, &invalid).is_ok();
             fsutil::sync_all();
             ctx.say("setup: the file appliance-setup.toml on the boot partition cannot be used:");
@@ -142,7 +144,7 @@ fn handle_seed(ctx: &mut Ctx, seed_path: &std::path::Path) -> Result<Option<Answ
         }
     };
     if seed.0.is_complete() {
-        let answers = seed.into_answers()?;
+        let answers = answers::from_seed(seed)?;
         // The seed holds passwords in clear: it goes as soon as its answers are stored.
         answers.save(&paths.answers())?;
         fs::remove_file(seed_path)
@@ -169,14 +171,14 @@ mod tests {
     use crate::runner::{Output, RecordingRunner};
     use crate::scram::AccountStore;
     use crate::steps::tests::machine;
-    use crate::validate::tests::ED25519;
+    use crate::testkeys::ED25519;
 
     fn with_esp(paths: &Paths, seed: Option<&str>) {
         fs::create_dir_all(paths.esp_device().parent().unwrap()).unwrap();
         fs::write(paths.esp_device(), "").unwrap();
         fs::create_dir_all(paths.esp_mount()).unwrap();
         if let Some(s) = seed {
-            fs::write(paths.esp_mount().join(SEED_FILE_NAME), s).unwrap();
+            fs::write(paths.esp_mount().join(SEED_FILE), s).unwrap();
         }
     }
 
@@ -226,7 +228,7 @@ mod tests {
         let mut runner = openssl_runner();
         let (r, out) = boot(&paths, &mut runner);
         r.unwrap();
-        assert!(!paths.esp_mount().join(SEED_FILE_NAME).exists());
+        assert!(!paths.esp_mount().join(SEED_FILE).exists());
         assert!(out.contains("setup: step 1/10"), "{out}");
         assert!(out.ends_with("setup: complete\n"), "{out}");
         assert!(paths.setup_done().exists());
@@ -265,7 +267,7 @@ mod tests {
         with_esp(&paths, Some(&seed.replace("alice", "mallory")));
         let (r, out) = boot(&paths, &mut runner);
         r.unwrap();
-        assert!(!paths.esp_mount().join(SEED_FILE_NAME).exists());
+        assert!(!paths.esp_mount().join(SEED_FILE).exists());
         assert!(out.contains("already set up"), "{out}");
         assert!(AccountStore::open(&paths, "meet.localhost")
             .unwrap()
@@ -283,7 +285,7 @@ mod tests {
         let mut runner = RecordingRunner::new();
         let (r, out) = boot(&paths, &mut runner);
         r.unwrap();
-        assert!(!paths.esp_mount().join(SEED_FILE_NAME).exists());
+        assert!(!paths.esp_mount().join(SEED_FILE).exists());
         assert_eq!(
             fs::read_to_string(paths.admin_authorized_keys()).unwrap(),
             format!("{ED25519}\n")

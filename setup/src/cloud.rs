@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::validate;
+use appliance_spec::validate;
 
 /// The metadata address every supported provider answers on.
 pub const METADATA: &str = "169.254.169.254:80";
@@ -123,7 +123,7 @@ fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::tests::ED25519;
+    use crate::testkeys::ED25519;
     use std::net::TcpListener;
 
     #[test]

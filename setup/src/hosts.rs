@@ -5,8 +5,8 @@
 use crate::answers::{Answers, HostAnswer};
 use crate::paths::Paths;
 use crate::scram::{self, AccountStore};
-use crate::validate;
 use anyhow::{bail, Result};
+use appliance_spec::validate;
 use std::io::Write;
 
 /// Where a new password comes from.

@@ -21,5 +21,6 @@ pub mod state;
 pub mod status;
 pub mod steps;
 pub mod term;
-pub mod validate;
+#[cfg(test)]
+mod testkeys;
 pub mod wizard;

@@ -22,8 +22,6 @@ pub const MACHINE_JITSI_PLUGINS: &str = "/usr/share/jitsi-meet/prosody-plugins/"
 pub const MACHINE_ACME_HOOK: &str = "/usr/lib/appliance/acme-hook";
 /// The ESP partition, found by its GPT partition label.
 pub const MACHINE_ESP_DEVICE: &str = "/dev/disk/by-partlabel/esp";
-/// Seed file name at the root of the ESP.
-pub const SEED_FILE_NAME: &str = "appliance-setup.toml";
 
 #[derive(Debug, Clone)]
 pub struct Paths {

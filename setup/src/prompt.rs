@@ -3,13 +3,12 @@
 //! Every answer is validated on the spot; a wrong answer is explained and asked again. Defaults
 //! (from a partial seed or the previous round) are shown in brackets and taken on Enter.
 
-use crate::answers::{
-    self, AcmeAnswers, Answers, HostAnswer, LetsEncrypt, PowerOff, PowerOffAnswers, Seed, SeedHost,
-};
+use crate::answers::{AcmeAnswers, Answers, HostAnswer, PowerOffAnswers};
 use crate::scram;
 use crate::term::EchoOff;
-use crate::validate;
 use anyhow::{bail, Result};
+use appliance_spec::seed::{LetsEncrypt, PowerOff, Seed, SeedHost};
+use appliance_spec::validate;
 use std::io::{BufRead, Write};
 use std::os::unix::io::RawFd;
 use std::path::PathBuf;
@@ -216,7 +215,7 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
             Some(e) => {
                 self.say(&format!(
                     "Let's Encrypt's terms of service: {}",
-                    answers::LETSENCRYPT_TERMS
+                    appliance_spec::seed::LETSENCRYPT_TERMS
                 ))?;
                 if self.yes_no("Do you accept these terms?", false)? {
                     Some(e)
@@ -233,7 +232,11 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
         self.say("")?;
         let timezone = self.ask(
             "Time zone (e.g. Europe/Berlin, America/New_York)",
-            Some(d.timezone.as_deref().unwrap_or(answers::DEFAULT_TIMEZONE)),
+            Some(
+                d.timezone
+                    .as_deref()
+                    .unwrap_or(appliance_spec::seed::DEFAULT_TIMEZONE),
+            ),
             |s| validate::timezone(s, &zoneinfo),
         )?;
         let idle_default = d
@@ -317,7 +320,7 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
                     directory: le
                         .directory
                         .clone()
-                        .unwrap_or_else(|| answers::LETSENCRYPT_DIRECTORY.into()),
+                        .unwrap_or_else(|| appliance_spec::seed::LETSENCRYPT_DIRECTORY.into()),
                     ca_certificate: le.ca_certificate.clone(),
                 });
                 return Ok(Some(Answers {
@@ -361,7 +364,7 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::tests::ED25519;
+    use crate::testkeys::ED25519;
     use std::io::Cursor;
 
     fn zoneinfo() -> tempfile::TempDir {

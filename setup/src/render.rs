@@ -5,11 +5,12 @@
 //! rendered on their own. Unknown templates are an error rather than silently ignored, so a
 //! template added to the image without a mapping is noticed at the first boot test.
 
-use crate::answers::{Answers, LETSENCRYPT_DIRECTORY};
+use crate::answers::Answers;
 use crate::fsutil::{self, Owner};
 use crate::paths::{self, Paths};
 use crate::secrets::Secrets;
 use anyhow::{bail, Context, Result};
+use appliance_spec::seed::LETSENCRYPT_DIRECTORY;
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 use std::fs;

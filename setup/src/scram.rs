@@ -266,7 +266,7 @@ fn lua_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::base64_decode;
+    use appliance_spec::validate::base64_decode;
 
     #[test]
     fn rfc5802_vector() {

@@ -156,7 +156,7 @@ pub fn install_ssh_keys(paths: &Paths, keys: &[String]) -> Result<()> {
 
 /// /data/config/localtime -> /usr/share/zoneinfo/<tz> (/etc/localtime links there).
 pub fn set_timezone(paths: &Paths, tz: &str) -> Result<()> {
-    crate::validate::timezone(tz, &paths.zoneinfo()).map_err(|m| anyhow::anyhow!(m))?;
+    appliance_spec::validate::timezone(tz, &paths.zoneinfo()).map_err(|m| anyhow::anyhow!(m))?;
     fsutil::ensure_dir(&paths.config_dir(), 0o755, None)?;
     let target = Path::new(paths::MACHINE_ZONEINFO).join(tz);
     if fs::read_link(paths.localtime()).ok().as_deref() == Some(target.as_path()) {
@@ -302,7 +302,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::answers::{HostAnswer, PowerOffAnswers};
     use crate::runner::{Output, RecordingRunner};
-    use crate::validate::tests::ED25519;
+    use crate::testkeys::ED25519;
     use std::cell::Cell;
     use std::rc::Rc;
 

@@ -1,7 +1,7 @@
 //! Running the wizard: on stdin/stdout (SSH login through sudo) or on every active console at
 //! once (appliance-wizard.service), where the first person to confirm wins.
 
-use crate::answers::{Answers, Seed};
+use crate::answers::Answers;
 use crate::fsutil;
 use crate::paths::Paths;
 use crate::prompt::Wizard;
@@ -9,6 +9,7 @@ use crate::runner::SystemRunner;
 use crate::steps::{self, Ctx};
 use crate::term;
 use anyhow::{bail, Context, Result};
+use appliance_spec::seed::Seed;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::io::AsRawFd;

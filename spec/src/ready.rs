@@ -1,5 +1,7 @@
-//! The one-line readiness report the booted appliance prints on its console, and the checks
-//! that every appliance boot must pass.
+//! The readiness line: one line the booted appliance prints on its console when start-up is
+//! over (`APPLIANCE-READY key=value ...`, printed by `/usr/lib/appliance/boot-report`), and the
+//! checks every appliance boot must pass. People read it at the console; `appliance test` and
+//! the boot tests parse it.
 
 use anyhow::{bail, Result};
 

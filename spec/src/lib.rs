@@ -1,0 +1,24 @@
+//! The image contract, written once: what the build writes, the machine reads and the tests
+//! check. Everything here is data and pure functions, with light dependencies, so that the
+//! builder (`appliance`), the in-image program (`appliance-admin`) and the QEMU tests can all
+//! depend on it.
+//!
+//! - [`arch`]: architectures and boards;
+//! - [`layout`]: the partition table as data (labels, types, slots, sizes, flags);
+//! - [`esp`]: paths on the EFI system partition, the seed file name;
+//! - [`ready`]: the readiness line a booted image prints, and what a healthy boot reports;
+//! - [`seed`], [`validate`]: the first-boot seed schema and the checks of every answer;
+//! - [`verity`]: the dm-verity hash tree;
+//! - [`template`]: the template dialect of build-time and setup-time templates.
+
+pub mod arch;
+pub mod esp;
+pub mod layout;
+pub mod ready;
+pub mod seed;
+pub mod template;
+pub mod validate;
+pub mod verity;
+
+pub use arch::{Arch, Board};
+pub use layout::Slot;
