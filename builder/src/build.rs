@@ -126,7 +126,8 @@ fn run_stages(
     }
     let hooks_dir = std::fs::canonicalize(&hooks_dir)?;
     let overlay_dir = std::fs::canonicalize(&overlay_dir)?;
-    rootfs::render_overlays(config, &overlay_dir)?;
+    let features = crate::features::load(config)?;
+    rootfs::render_feature_files(config, &features, &overlay_dir)?;
     progress.message("compiling the in-image program appliance-admin");
     admin_program::install(
         config.image.arch,
@@ -134,17 +135,14 @@ fn run_stages(
         &cache_dir.join("cargo-target"),
         |line| progress.message(line),
     )?;
-    let hook_paths = rootfs::write_hook_files(config, &hooks_dir)?;
+    let hook_paths = rootfs::write_hook_files(config, &features, &hooks_dir)?;
     let deb_cache = std::fs::canonicalize(deb_cache)?;
     let plan = packages::plan(
         config,
+        &features,
         &keyrings,
-        &packages::HookFiles {
-            setup_dir: &hook_paths.setup,
-            overlay_dir: &overlay_dir,
-            preseed: &hook_paths.preseed,
-            customize_script: &hook_paths.customize,
-        },
+        &hook_paths,
+        &overlay_dir,
         &deb_cache,
     )?;
     let key = rootfs_cache_key(config, &plan.fingerprint_input, &[&overlay_dir, &hooks_dir])?;

@@ -24,8 +24,9 @@ pub struct Config {
     pub repositories: Vec<Repository>,
     #[serde(default)]
     pub packages: Packages,
+    /// Which folders of `overlays/` make up the image (see `features.rs`).
     #[serde(default)]
-    pub overlays: Overlays,
+    pub features: Features,
     #[serde(default)]
     pub boot: Boot,
     #[serde(default)]
@@ -40,7 +41,8 @@ pub struct Config {
     /// Directory the configuration was read from; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
-    /// SHA-256 of the effective configuration (after overrides), for the manifest and caches.
+    /// SHA-256 of the effective configuration (after overrides) without its secrets, for the
+    /// manifest and the identifiers derived from it (disk and partition GUIDs, verity salt).
     #[serde(skip)]
     pub hash: String,
 }
@@ -200,15 +202,21 @@ impl Default for Packages {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Overlays {
-    /// Directories laid over the root file system in order; `*.j2` files are rendered.
-    pub dirs: Vec<PathBuf>,
+pub struct Features {
+    /// The folder holding one folder per feature.
+    pub dir: PathBuf,
+    /// The features in the image, in the order their files are laid and their hooks run. The
+    /// `jitsi` feature follows `[jitsi] enabled` instead.
+    pub enabled: Vec<String>,
 }
 
-impl Default for Overlays {
+impl Default for Features {
     fn default() -> Self {
-        Overlays {
-            dirs: vec![PathBuf::from("overlays/base")],
+        Features {
+            dir: PathBuf::from("overlays"),
+            enabled: ["base", "boot", "hardening", "firstboot", "meeting"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -396,8 +404,7 @@ impl Config {
         }
         config.base_dir = base_dir;
         config.validate(origin)?;
-        let canonical = toml::to_string(&config).context("serialising the configuration")?;
-        config.hash = hex::encode(Sha256::digest(canonical.as_bytes()));
+        config.hash = config.hash_without_secrets()?;
         Ok(config)
     }
 
@@ -417,6 +424,16 @@ impl Config {
         }
         let text = toml::to_string(&self.firstboot).context("serialising [firstboot]")?;
         Ok(Some(text))
+    }
+
+    /// The configuration hash. `[firstboot]` may hold host passwords: they are left out, because
+    /// the identifiers derived from the hash stay on the disk after the seed file is deleted and
+    /// would let anyone test password guesses offline.
+    fn hash_without_secrets(&self) -> Result<String> {
+        let mut public = self.clone();
+        strip_secrets(&mut public.firstboot);
+        let canonical = toml::to_string(&public).context("serialising the configuration")?;
+        Ok(hex::encode(Sha256::digest(canonical.as_bytes())))
     }
 
     /// Whether the image boots with a legacy BIOS (GRUB) as well.
@@ -569,6 +586,24 @@ impl Config {
     }
 }
 
+/// Replaces every `password` value in a table (at any depth) with a fixed placeholder.
+fn strip_secrets(table: &mut toml::Table) {
+    fn walk(v: &mut toml::Value) {
+        match v {
+            toml::Value::Table(t) => strip_secrets(t),
+            toml::Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    for (key, value) in table.iter_mut() {
+        if key == "password" {
+            *value = toml::Value::String("(secret)".into());
+        } else {
+            walk(value);
+        }
+    }
+}
+
 /// Upper-case hex without spaces; errors unless it is a full 40-digit (v4) or 64-digit (v5) fingerprint.
 pub fn normalize_fingerprint(text: &str) -> Result<String> {
     let fp: String = text
@@ -599,7 +634,9 @@ fn describe_toml_error(origin: &str, input: &str, e: &toml::de::Error) -> anyhow
             msg = format!("{origin}, line {line}, at `{snippet}`: {}", e.message());
         }
     }
-    if e.message().contains("unknown field") {
+    if e.message().contains("unknown field `overlays`") {
+        msg.push_str("\nhint: [overlays] dirs became [features]: put your files in a feature folder (docs/configuration.md, \"[features]\")");
+    } else if e.message().contains("unknown field") {
         msg.push_str("\nhint: check the spelling; docs/configuration.md lists every key");
     }
     anyhow::anyhow!(msg)
@@ -777,6 +814,32 @@ mod tests {
         assert!(format!("{err:#}").contains("colour"), "{err:#}");
         let none = Config::load(&path, &[]).unwrap();
         assert!(none.firstboot_seed().unwrap().is_none());
+    }
+
+    #[test]
+    fn passwords_do_not_change_the_hash() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance.toml");
+        let with = |pw: &str| {
+            Config::load(
+                &path,
+                &[
+                    "firstboot.domain=\"meet.example.org\"".into(),
+                    format!("firstboot.hosts=[{{name = \"alice\", password = \"{pw}\"}}]"),
+                ],
+            )
+            .unwrap()
+        };
+        let a = with("Tulip-Harbor-42");
+        let b = with("Maple-Canyon-77");
+        assert_eq!(a.hash, b.hash);
+        assert!(a
+            .firstboot_seed()
+            .unwrap()
+            .unwrap()
+            .contains("Tulip-Harbor-42"));
+        let other_domain =
+            Config::load(&path, &["firstboot.domain=\"meet.example.com\"".into()]).unwrap();
+        assert_ne!(a.hash, other_domain.hash, "everything else still counts");
     }
 
     #[test]

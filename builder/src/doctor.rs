@@ -54,13 +54,27 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
         false,
         "build",
     ),
+    // The ESP is made with mkfs.fat and filled with mtools, then checked with fsck.fat.
+    ("mkfs.fat", "dosfstools", false, "build"),
     ("fsck.fat", "dosfstools", false, "build"),
+    ("mcopy", "mtools", false, "build"),
     ("arch-test", "arch-test", false, "build"),
     // mmdebstrap's unshare mode, used when the build does not run as root.
     ("newuidmap", "uidmap", false, "build"),
     // The key-pinning tests make throwaway keys, which gpg does through its agent.
     ("gpg-agent", "gpg-agent", false, "tests"),
     ("mtype", "mtools", false, "tests"),
+    // Reads files out of the squashfs root (the image tests, `appliance verify`).
+    ("unsquashfs", "squashfs-tools", false, "tests"),
+    // The boot loader tests start the host's systemd-boot under OVMF.
+    (
+        "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+        "systemd-boot-efi",
+        false,
+        "tests",
+    ),
+    // The DNS stub of the Let's Encrypt test is checked with dig.
+    ("dig", "bind9-dnsutils", false, "tests"),
     ("veritysetup", "cryptsetup-bin", false, "tests"),
     ("sfdisk", "fdisk", false, "tests"),
     ("qemu-system-x86_64", "qemu-system-x86", true, "tests"),
@@ -101,7 +115,6 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
     ("/usr/share/zoneinfo/UTC", "tzdata", false, "build"),
     ("visudo", "sudo", false, "tests"),
     ("debugfs", "e2fsprogs", false, "tests"),
-    ("mcopy", "mtools", false, "tests"),
     ("prosodyctl", "prosody", false, "tests"),
     ("nginx", "nginx-light", false, "tests"),
     ("turnserver", "coturn", false, "tests"),
@@ -111,6 +124,7 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
     ("nft", "nftables", false, "tests"),
     ("sshd", "openssh-server", false, "tests"),
     ("ssh", "openssh-client", false, "tests"),
+    ("ssh-keygen", "openssh-client", false, "tests"),
     ("openssl", "openssl", false, "tests"),
     // Let's Encrypt's test server and the ACME client the image uses, for the offline test.
     ("pebble", "pebble", false, "tests"),

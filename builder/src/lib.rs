@@ -10,6 +10,7 @@ pub mod bootloaders;
 pub mod build;
 pub mod config;
 pub mod doctor;
+pub mod features;
 pub mod filesystems;
 pub mod flash;
 pub mod formats;

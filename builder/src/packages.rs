@@ -12,7 +12,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{normalize_fingerprint, Config, Repository};
+use crate::features::Feature;
 use crate::host;
+use crate::rootfs::HookPaths;
 
 /// Everything mmdebstrap is run with, prepared in the build directory.
 pub struct RootfsPlan {
@@ -198,11 +200,16 @@ pub fn local_debs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(debs)
 }
 
-/// The package list passed to mmdebstrap (`--include`).
-pub fn package_list(config: &Config) -> Vec<String> {
+/// The package list passed to mmdebstrap (`--include`): the kernel, the board's firmware, each
+/// feature's packages, `[packages] include`, and the packages of the extra repositories and
+/// Jitsi.
+pub fn package_list(config: &Config, features: &[Feature]) -> Vec<String> {
     let mut pkgs = vec![config.kernel_package()];
     if config.image.board == crate::config::Board::RaspberryPi {
         pkgs.push("raspi-firmware".into());
+    }
+    for f in features {
+        pkgs.extend(f.packages.iter().cloned());
     }
     pkgs.extend(config.packages.include.iter().cloned());
     for repo in config.active_repositories() {
@@ -216,19 +223,13 @@ pub fn package_list(config: &Config) -> Vec<String> {
     pkgs
 }
 
-/// Inputs of the root file system stage, prepared by the caller.
-pub struct HookFiles<'a> {
-    pub setup_dir: &'a Path,
-    pub overlay_dir: &'a Path,
-    pub preseed: &'a Path,
-    pub customize_script: &'a Path,
-}
-
 /// Builds mmdebstrap's command line.
 pub fn plan(
     config: &Config,
+    features: &[Feature],
     keyrings: &[(String, PathBuf)],
-    hooks: &HookFiles<'_>,
+    hooks: &HookPaths,
+    overlay_dir: &Path,
     deb_cache: &Path,
 ) -> Result<RootfsPlan> {
     let mut args: Vec<String> = vec![
@@ -246,7 +247,7 @@ pub fn plan(
         "--dpkgopt=path-exclude=/usr/share/locale/*".into(),
         "--dpkgopt=path-include=/usr/share/locale/locale.alias".into(),
     ];
-    let mut include = package_list(config);
+    let mut include = package_list(config, features);
     let mut deb_paths = Vec::new();
     if let Some(dir) = &config.packages.local_debs {
         deb_paths.extend(local_debs(&config.resolve(dir))?);
@@ -280,8 +281,8 @@ pub fn plan(
         format!("--setup-hook=sync-in {} /var/cache/apt/archives/", q(deb_cache)),
         // The initrd configuration must be there before the kernel is installed, so that the
         // kernel's own postinst builds the right initrd once.
-        format!("--setup-hook=sync-in {} /", q(hooks.setup_dir)),
-        format!("--essential-hook=copy-in {} /tmp", q(hooks.preseed)),
+        format!("--setup-hook=sync-in {} /", q(&hooks.install)),
+        format!("--essential-hook=copy-in {} /tmp", q(&hooks.preseed)),
         format!(
             "--essential-hook=chroot \"$1\" debconf-set-selections /tmp/{}",
             hooks
@@ -290,9 +291,17 @@ pub fn plan(
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         ),
-        format!("--customize-hook=sync-in {} /", q(hooks.overlay_dir)),
-        format!("--customize-hook={}", hooks.customize_script.display()),
-        format!("--customize-hook=sync-out /var/cache/apt/archives {}", q(deb_cache)),
+        format!("--customize-hook=sync-in {} /", q(overlay_dir)),
+    ]);
+    // Each feature's customize script, in order, with the root as $1.
+    for script in &hooks.customize {
+        args.push(format!("--customize-hook={}", script.display()));
+    }
+    args.extend([
+        format!(
+            "--customize-hook=sync-out /var/cache/apt/archives {}",
+            q(deb_cache)
+        ),
         // Packages are cached on the host, not in the image.
         "--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb".into(),
     ]);
@@ -385,7 +394,7 @@ mod tests {
     fn package_list_has_kernel_first_and_no_duplicates() {
         let c = config("[packages]\ninclude = [\"nginx-light\", \"nginx-light\", \"udev\"]\n");
         assert_eq!(
-            package_list(&c),
+            package_list(&c, &[]),
             vec!["linux-image-cloud-amd64", "nginx-light", "udev"]
         );
     }
@@ -393,9 +402,9 @@ mod tests {
     #[test]
     fn jitsi_packages_only_when_enabled() {
         let text = "[jitsi]\nenabled = true\ndebs = \"/nonexistent\"\npackages = [\"jicofo\"]\n";
-        assert!(package_list(&config(text)).contains(&"jicofo".to_string()));
+        assert!(package_list(&config(text), &[]).contains(&"jicofo".to_string()));
         let off = text.replace("enabled = true", "enabled = false");
-        assert!(!package_list(&config(&off)).contains(&"jicofo".to_string()));
+        assert!(!package_list(&config(&off), &[]).contains(&"jicofo".to_string()));
     }
 
     /// Makes a throwaway key with gpg and returns (key file, fingerprint).

@@ -10,10 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::config::Config;
-
-const CUSTOMIZE_TEMPLATE: &str = include_str!("../templates/customize.sh.j2");
-const DRACUT_TEMPLATE: &str = include_str!("../templates/dracut.conf.j2");
-const PRESEED_TEMPLATE: &str = include_str!("../templates/preseed.cfg.j2");
+use crate::features::Feature;
 
 /// The template context: the configuration plus a few derived values.
 pub fn template_context(config: &Config) -> Result<serde_json::Value> {
@@ -31,19 +28,10 @@ pub fn template_context(config: &Config) -> Result<serde_json::Value> {
     Ok(v)
 }
 
-/// Renders a template; `name` appears in error messages.
+/// Renders a template in the project's dialect ([`appliance_spec::template`]); `name` appears
+/// in error messages.
 pub fn render(name: &str, template: &str, ctx: &serde_json::Value) -> Result<String> {
-    let mut env = minijinja::Environment::new();
-    // A typo in a template must fail the build, not render as an empty string.
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    // Shell scripts and config files end with a newline; keep it. Block tags take their line
-    // with them so templates can be indented for reading.
-    let syntax = minijinja::syntax::SyntaxConfig::builder()
-        .keep_trailing_newline(true)
-        .trim_blocks(true)
-        .lstrip_blocks(true)
-        .build()?;
-    env.set_syntax(syntax);
+    let mut env = appliance_spec::template::environment()?;
     env.add_template(name, template)
         .with_context(|| format!("template {name} does not parse"))?;
     let tmpl = env.get_template(name)?;
@@ -51,20 +39,17 @@ pub fn render(name: &str, template: &str, ctx: &serde_json::Value) -> Result<Str
         .map_err(|e| anyhow::anyhow!("rendering {name}: {e:#}"))
 }
 
-/// Copies every overlay directory into `dest`, in order, rendering `*.j2` files (the suffix is
+/// Lays every feature's `files/` into `dest`, in order, rendering `*.j2` files (the suffix is
 /// dropped). Modes are kept; symlinks are copied as symlinks.
-pub fn render_overlays(config: &Config, dest: &Path) -> Result<Vec<PathBuf>> {
+pub fn render_feature_files(
+    config: &Config,
+    features: &[Feature],
+    dest: &Path,
+) -> Result<Vec<PathBuf>> {
     let ctx = template_context(config)?;
     let mut written = Vec::new();
-    for dir in &config.overlays.dirs {
-        let src = config.resolve(dir);
-        if !src.is_dir() {
-            bail!(
-                "overlay directory {} does not exist ([overlays] dirs in appliance.toml)",
-                src.display()
-            );
-        }
-        copy_tree(&src, &src, dest, &ctx, &mut written)?;
+    for dir in features.iter().filter_map(Feature::files_dir) {
+        copy_tree(&dir, &dir, dest, &ctx, &mut written)?;
     }
     check_no_host_secrets(dest)?;
     Ok(written)
@@ -140,37 +125,52 @@ fn check_no_host_secrets(dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes the files mmdebstrap's hooks use into `dir`: the setup tree (initrd configuration,
-/// present before the kernel is installed), the debconf answers and the customize script.
-pub fn write_hook_files(config: &Config, dir: &Path) -> Result<HookPaths> {
+/// The files mmdebstrap's hooks use, prepared in the build directory.
+pub struct HookPaths {
+    /// Laid into the root before the packages are installed (every feature's `install/`).
+    pub install: PathBuf,
+    /// Every feature's debconf answers, in one file.
+    pub preseed: PathBuf,
+    /// Every feature's customize script, in order.
+    pub customize: Vec<PathBuf>,
+}
+
+/// Writes into `dir` what mmdebstrap's hooks use: the install tree, the debconf answers and a
+/// copy of each customize script (copies, so the cache key of the root covers their content).
+pub fn write_hook_files(config: &Config, features: &[Feature], dir: &Path) -> Result<HookPaths> {
     let ctx = template_context(config)?;
-    let setup = dir.join("setup");
-    let dracut_dir = setup.join("etc/dracut.conf.d");
-    std::fs::create_dir_all(&dracut_dir)?;
-    std::fs::write(
-        dracut_dir.join("50-appliance.conf"),
-        render("dracut.conf", DRACUT_TEMPLATE, &ctx)?,
-    )?;
+    let install = dir.join("install");
+    std::fs::create_dir_all(&install)?;
+    let mut written = Vec::new();
+    for src in features.iter().filter_map(Feature::install_dir) {
+        copy_tree(&src, &src, &install, &ctx, &mut written)?;
+    }
+    let mut preseed_text = String::from("# debconf answers of the enabled features\n");
+    for f in features {
+        if let Some(p) = f.preseed() {
+            preseed_text.push_str(
+                &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+            );
+        }
+    }
     let preseed = dir.join("preseed.cfg");
-    std::fs::write(&preseed, render("preseed.cfg", PRESEED_TEMPLATE, &ctx)?)?;
-    let customize = dir.join("customize.sh");
-    std::fs::write(
-        &customize,
-        render("customize.sh", CUSTOMIZE_TEMPLATE, &ctx)?,
-    )?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&customize, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(&preseed, preseed_text)?;
+    let mut customize = Vec::new();
+    for (i, f) in features.iter().enumerate() {
+        if let Some(script) = f.customize_script() {
+            let copy = dir.join(format!("customize-{:02}-{}.sh", i + 1, f.name));
+            std::fs::copy(&script, &copy)
+                .with_context(|| format!("copying {}", script.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
+            customize.push(copy);
+        }
+    }
     Ok(HookPaths {
-        setup,
+        install,
         preseed,
         customize,
     })
-}
-
-pub struct HookPaths {
-    pub setup: PathBuf,
-    pub preseed: PathBuf,
-    pub customize: PathBuf,
 }
 
 /// A package installed in the image, from dpkg's status file.
@@ -303,16 +303,24 @@ pub fn parse_dpkg_status(status: &str) -> Vec<InstalledPackage> {
 mod tests {
     use super::*;
 
+    /// A configuration with one feature, "ov", whose files are in `<dir>/ov/files`.
     fn config(dir: &Path, extra: &str) -> Config {
-        let text = format!("[image]\nname = \"t\"\n[overlays]\ndirs = [\"ov\"]\n{extra}");
+        std::fs::create_dir_all(dir.join("ov")).unwrap();
+        std::fs::write(dir.join("ov/feature.toml"), "description = \"test\"\n").unwrap();
+        let text =
+            format!("[image]\nname = \"t\"\n[features]\ndir = \".\"\nenabled = [\"ov\"]\n{extra}");
         Config::from_str_with(&text, "test.toml", dir.to_path_buf(), &[]).unwrap()
+    }
+
+    fn render_files(c: &Config, dest: &Path) -> Result<Vec<PathBuf>> {
+        render_feature_files(c, &crate::features::load(c)?, dest)
     }
 
     #[test]
     fn overlays_render_templates_and_keep_modes() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let ov = dir.path().join("ov");
+        let ov = dir.path().join("ov/files");
         std::fs::create_dir_all(ov.join("usr/lib/x")).unwrap();
         std::fs::write(
             ov.join("usr/lib/x/run.j2"),
@@ -327,7 +335,7 @@ mod tests {
         std::fs::write(ov.join("plain.txt"), "{{ not rendered }}").unwrap();
         let out = dir.path().join("out");
         let c = config(dir.path(), "[data]\nlabel = \"state\"\n");
-        render_overlays(&c, &out).unwrap();
+        render_files(&c, &out).unwrap();
         let rendered = std::fs::read_to_string(out.join("usr/lib/x/run")).unwrap();
         assert_eq!(rendered, "#!/bin/sh\necho state t\n");
         let mode = std::fs::metadata(out.join("usr/lib/x/run"))
@@ -345,12 +353,12 @@ mod tests {
     #[test]
     fn undefined_template_variable_fails_with_file_name() {
         let dir = tempfile::tempdir().unwrap();
-        let ov = dir.path().join("ov");
+        let ov = dir.path().join("ov/files");
         std::fs::create_dir_all(&ov).unwrap();
         std::fs::write(ov.join("bad.j2"), "{{ data.lable }}").unwrap();
         let err = format!(
             "{:#}",
-            render_overlays(&config(dir.path(), ""), &dir.path().join("o")).unwrap_err()
+            render_files(&config(dir.path(), ""), &dir.path().join("o")).unwrap_err()
         );
         assert!(err.contains("bad.j2"), "{err}");
     }
@@ -358,10 +366,10 @@ mod tests {
     #[test]
     fn overlays_must_not_carry_machine_identity() {
         let dir = tempfile::tempdir().unwrap();
-        let ov = dir.path().join("ov/etc/ssh");
+        let ov = dir.path().join("ov/files/etc/ssh");
         std::fs::create_dir_all(&ov).unwrap();
         std::fs::write(ov.join("ssh_host_ed25519_key"), "secret").unwrap();
-        let err = render_overlays(&config(dir.path(), ""), &dir.path().join("o")).unwrap_err();
+        let err = render_files(&config(dir.path(), ""), &dir.path().join("o")).unwrap_err();
         assert!(err.to_string().contains("host key"), "{err}");
     }
 
@@ -374,13 +382,18 @@ mod tests {
         )
         .unwrap();
         let out = tempfile::tempdir().unwrap();
-        let files = render_overlays(&c, out.path()).unwrap();
+        let features = crate::features::load(&c).unwrap();
+        let files = render_feature_files(&c, &features, out.path()).unwrap();
         assert!(files.iter().any(|f| f.ends_with("etc/fstab")));
         let fstab = std::fs::read_to_string(out.path().join("etc/fstab")).unwrap();
         assert!(fstab.contains("PARTLABEL=data"));
-        let hooks = write_hook_files(&c, out.path()).unwrap();
-        let script = std::fs::read_to_string(hooks.customize).unwrap();
-        assert!(script.contains("machine-id"));
+        let hooks = write_hook_files(&c, &features, &out.path().join("hooks")).unwrap();
+        let script = std::fs::read_to_string(&hooks.customize[0]).unwrap();
+        assert!(script.contains("machine-id"), "base's hook runs first");
+        assert!(hooks
+            .install
+            .join("etc/dracut.conf.d/50-appliance.conf")
+            .is_file());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The hardening files in `overlays/base/` (AppArmor profiles, the nftables ruleset, sshd and
-//! sudo drop-ins, systemd unit sandboxes, kernel settings) are handed to the tools that read
+//! The hardening files of the image (`overlays/*/files/`: AppArmor profiles, the nftables ruleset,
+//! sshd and sudo drop-ins, systemd unit sandboxes, kernel settings) are handed to the tools that read
 //! them on the machine, here on the host: `apparmor_parser`, `nft -c`, `sshd -t`, `visudo -c`,
 //! `systemd-analyze verify` / `security --offline`. A missing tool is a failure that names the
 //! Debian package to install. See docs/cis.md for what each file is for.
@@ -21,8 +21,20 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `path` in the files every feature lays into the root (rendered once per test run, with
+/// Jitsi's feature on, as in the default appliance).
 fn overlay(path: &str) -> PathBuf {
-    repo_root().join("overlays/base").join(path)
+    static TREE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let tree = TREE.get_or_init(|| {
+        let config = appliance::config::Config::load(&repo_root().join("appliance.toml"), &[])
+            .expect("appliance.toml");
+        let features = appliance::features::load(&config).expect("features");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        appliance::rootfs::render_feature_files(&config, &features, dir.path())
+            .expect("rendering the features' files");
+        dir
+    });
+    tree.path().join(path)
 }
 
 /// The host program `name`, or a failure that says which Debian package provides it.
@@ -84,7 +96,7 @@ fn every_apparmor_profile_compiles_in_enforce_mode() {
     let expected: BTreeSet<String> = PROFILES.iter().map(|(f, _)| f.to_string()).collect();
     assert_eq!(
         shipped, expected,
-        "profiles in overlays/base/etc/apparmor.d and the list in this test differ"
+        "profiles in overlays/hardening/files/etc/apparmor.d and the list in this test differ"
     );
 
     for (file, names) in PROFILES {
@@ -137,7 +149,7 @@ fn units_name_shipped_apparmor_profiles() {
                 let name = value.trim().trim_start_matches('-');
                 assert!(
                     names.contains(name),
-                    "{}: AppArmorProfile={name} is not a profile in overlays/base/etc/apparmor.d",
+                    "{}: AppArmorProfile={name} is not a profile in overlays/hardening/files/etc/apparmor.d",
                     file.display()
                 );
                 seen += 1;
@@ -643,12 +655,12 @@ fn modprobe_blocks_cis_modules_but_not_the_roots_file_systems() {
 
 #[test]
 fn customize_hook_enables_the_shipped_pam_profiles() {
-    let hook = read(&repo_root().join("builder/templates/customize.sh.j2"));
+    let hook = read(&repo_root().join("overlays/hardening/customize.sh"));
     for e in fs::read_dir(overlay("usr/share/pam-configs")).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(
             hook.contains(&name),
-            "usr/share/pam-configs/{name} is not enabled by pam-auth-update in customize.sh.j2"
+            "usr/share/pam-configs/{name} is not enabled by pam-auth-update in overlays/hardening/customize.sh"
         );
     }
 }

@@ -1,4 +1,4 @@
-//! The runtime templates in `overlays/base/usr/share/appliance/templates/` (rendered on the
+//! The runtime templates in `overlays/firstboot/files/usr/share/appliance/templates/` (rendered on the
 //! machine by `appliance-admin` at setup time) are rendered here with the context the spec
 //! defines and handed to their real consumers: `nginx -t`, `prosodyctl check config`, coturn's
 //! `turnserver` (which has no check-only mode, so it is started on loopback for a moment),
@@ -42,8 +42,14 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `path` in the files of whichever feature ships it.
 fn overlay(path: &str) -> PathBuf {
-    repo_root().join("overlays/base").join(path)
+    let features = repo_root().join("overlays");
+    fs::read_dir(&features)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("files").join(path))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no feature in {} ships {path}", features.display()))
 }
 
 fn templates_dir() -> PathBuf {

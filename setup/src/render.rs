@@ -403,7 +403,7 @@ mod tests {
     fn real_templates_render() {
         // The templates shipped in the image must render with our context (strict undefined).
         let repo_templates = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../overlays/base/usr/share/appliance/templates");
+            .join("../overlays/firstboot/files/usr/share/appliance/templates");
         if !repo_templates.is_dir() {
             return;
         }

@@ -243,7 +243,7 @@ mod tests {
 
     fn require(tool: &str, package: &str) -> PathBuf {
         crate::host::find_program(tool).unwrap_or_else(|| {
-            panic!("{tool} is required by this test but missing: apt-get install {package}")
+            panic!("{tool} is required by this test but missing: run `appliance doctor --install` (package {package})")
         })
     }
 
@@ -410,14 +410,14 @@ mod tests {
         let sd_boot = Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi");
         assert!(
             sd_boot.is_file(),
-            "{} missing: apt-get install systemd-boot-efi",
+            "{} missing: run `appliance doctor --install` (package systemd-boot-efi)",
             sd_boot.display()
         );
         let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
         let vars_template = Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd");
         assert!(
             code.is_file() && vars_template.is_file(),
-            "OVMF missing: apt-get install ovmf"
+            "OVMF missing: run `appliance doctor --install` (package ovmf)"
         );
 
         let tmp = tempfile::tempdir().unwrap();
@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn build_checks_inputs_and_size() {
         if !Path::new(DEFAULT_MODULES_DIR).join("boot.img").is_file() {
-            panic!("{DEFAULT_MODULES_DIR} missing: apt-get install grub-pc-bin grub-common");
+            panic!("{DEFAULT_MODULES_DIR} missing: run `appliance doctor --install` (packages grub-pc-bin, grub-common)");
         }
         let tmp = tempfile::tempdir().unwrap();
         let dir = Path::new(DEFAULT_MODULES_DIR);

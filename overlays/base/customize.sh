@@ -1,0 +1,35 @@
+#!/bin/sh
+# base: a Debian system that many machines can share. Runs on the root file system ($1) once
+# the packages and every feature's files are in place.
+set -eu
+R="$1"
+
+# Nothing that identifies one machine may ship in an image that many machines share.
+rm -f "$R"/etc/ssh/ssh_host_*
+: > "$R/etc/machine-id"
+rm -f "$R/var/lib/dbus/machine-id" "$R/etc/hostname" "$R/var/lib/systemd/random-seed"
+ln -sf /run/systemd/resolve/stub-resolv.conf "$R/etc/resolv.conf"
+
+# The image is updated as a whole, never by apt on the machine.
+rm -f "$R"/etc/apt/sources.list "$R"/etc/apt/sources.list.d/*
+rm -rf "$R"/var/lib/apt/lists/*
+
+# Mount point of the data partition.
+mkdir -p "$R/data"
+
+# The one login account: SSH keys only (no password at all: '*' cannot match any password,
+# unlike '!' it does not mark the account locked for sshd). Its keys are on /data
+# (AuthorizedKeysFile /data/ssh/authorized_keys/%u), its home in RAM.
+if ! chroot "$R" getent passwd admin >/dev/null; then
+    chroot "$R" useradd --no-create-home --home-dir /home/admin --shell /bin/bash \
+        --groups sudo --comment "Appliance administrator" admin
+fi
+chroot "$R" usermod --password '*' admin
+# Modes git cannot carry: sudoers drop-ins are 0440.
+chown root:root "$R/etc/sudoers.d/60-appliance"
+chmod 0440 "$R/etc/sudoers.d/60-appliance"
+
+chroot "$R" systemctl enable systemd-networkd.service systemd-resolved.service
+# Jobs that write to the read-only root or keep records the appliance does not want.
+chroot "$R" systemctl mask apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
+    e2scrub_all.timer e2scrub_reap.service

@@ -1,0 +1,23 @@
+#!/bin/sh
+# boot: the read-only verified root, the data partition, the boot report. Runs on the root file
+# system ($1).
+set -eu
+R="$1"
+
+# The Raspberry Pi boot files are put on the ESP by the build; raspi-firmware's own copies in
+# /boot/firmware would only take space.
+if [ -d "$R/boot/firmware" ]; then
+    find "$R/boot/firmware" -mindepth 1 -delete
+fi
+
+chroot "$R" systemctl enable appliance-prepare-data.service appliance-firstboot.service \
+    appliance-boot-report.service
+
+# The initrd must be able to set up dm-verity; stop the build here if it cannot.
+for initrd in "$R"/boot/initrd.img-*; do
+    [ -e "$initrd" ] || { echo "no initrd was generated in /boot" >&2; exit 1; }
+done
+if ! chroot "$R" lsinitrd "/boot/${initrd##*/}" 2>/dev/null | grep -q 'systemd-veritysetup'; then
+    kver=${initrd##*/initrd.img-}
+    chroot "$R" dracut --force --kver "$kver" "/boot/initrd.img-$kver"
+fi

@@ -1,0 +1,60 @@
+#!/bin/sh
+# hardening: CIS Debian 12 Level 1 (docs/cis.md), AppArmor for every network service, the
+# firewall. Runs on the root file system ($1).
+set -eu
+R="$1"
+
+chroot "$R" systemctl enable nftables.service
+
+# Modes git cannot carry: sshd configuration 0600 (CIS 5.1.1), banners 0644 (1.6.4-6).
+chmod 0600 "$R/etc/ssh/sshd_config" "$R"/etc/ssh/sshd_config.d/*.conf
+chmod 0644 "$R/etc/motd" "$R/etc/issue" "$R/etc/issue.net"
+# cron is not installed (systemd timers instead); other packages still create these dirs.
+for d in "$R"/etc/cron.hourly "$R"/etc/cron.daily "$R"/etc/cron.weekly "$R"/etc/cron.monthly "$R"/etc/cron.d; do
+    if [ -d "$d" ]; then chmod 0700 "$d"; fi
+done
+if [ -f "$R/etc/crontab" ]; then chmod 0600 "$R/etc/crontab"; fi
+# The dynamic motd would print the kernel version (uname): no OS information before login.
+rm -f "$R/etc/update-motd.d/10-uname"
+# login.defs (5.4.1.1, 5.4.1.3, 5.4.1.4, 5.4.3.3) and the useradd default for INACTIVE (5.4.1.5).
+for setting in "PASS_MAX_DAYS 365" "PASS_MIN_DAYS 1" "PASS_WARN_AGE 7" "ENCRYPT_METHOD YESCRYPT" "UMASK 027" \
+        "SHA_CRYPT_MIN_ROUNDS 5000" "SHA_CRYPT_MAX_ROUNDS 100000"; do
+    key=${setting%% *}
+    if grep -Eq "^$key[[:space:]]" "$R/etc/login.defs"; then
+        sed -i -E "s/^$key[[:space:]].*/$setting/" "$R/etc/login.defs"
+    else
+        echo "$setting" >> "$R/etc/login.defs"
+    fi
+done
+chroot "$R" useradd -D -f 45
+# Non-login interactive bash (sudo -s) reads /etc/bash.bashrc, not /etc/profile.d.
+printf '\n# appliance: umask 027 (CIS 5.4.3.3) and no shell history on disk\numask 027\nunset HISTFILE\n' \
+    >> "$R/etc/bash.bashrc"
+# PAM (5.3.x): no nullok for pam_unix; faillock and pwhistory through pam-auth-update profiles
+# in /usr/share/pam-configs (pwquality's own profile is enabled when libpam-pwquality is in).
+sed -i -E 's/[[:space:]]nullok\b//' "$R/usr/share/pam-configs/unix"
+DEBIAN_FRONTEND=noninteractive chroot "$R" pam-auth-update --force \
+    --enable appliance-faillock appliance-faillock-notify appliance-pwhistory
+rm -f "$R"/etc/pam.d/*.pam-old
+if grep -q 'pam_unix.so.*nullok' "$R/etc/pam.d/common-auth"; then
+    echo "pam-auth-update left nullok in /etc/pam.d/common-auth" >&2
+    exit 1
+fi
+# 5.4.2.4: root has no usable password and is locked (sudo from `admin` is the way in).
+chroot "$R" usermod --lock root
+# 5.2.7: su only for members of an empty group (the administrator uses sudo).
+chroot "$R" groupadd -f -r sugroup
+if ! grep -q 'pam_wheel.so use_uid group=sugroup' "$R/etc/pam.d/su"; then
+    sed -i -E '/^auth[[:space:]]+sufficient[[:space:]]+pam_rootok.so/a auth       required   pam_wheel.so use_uid group=sugroup' \
+        "$R/etc/pam.d/su"
+fi
+# No login records: console logins would update lastlog through pam_lastlog (sshd's PAM stack
+# has none; /var/log is a tmpfs and tmpfiles.d points wtmp/btmp/lastlog at /dev/null anyway).
+sed -i -E 's/^([[:space:]]*session[[:space:]]+optional[[:space:]]+pam_lastlog\.so.*)/# appliance: no login records\n# \1/' \
+    "$R/etc/pam.d/login"
+# Every AppArmor profile of the image must compile; a broken one would fail the unit it guards.
+for profile in "$R"/etc/apparmor.d/*; do
+    if [ -f "$profile" ]; then
+        chroot "$R" apparmor_parser --skip-kernel-load --skip-cache "/etc/apparmor.d/${profile##*/}"
+    fi
+done
