@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::build::LABEL_ESP;
 use crate::partitions::{self, TableEntry, SECTOR};
 use crate::progress::human_bytes;
+use appliance_spec::esp;
+use appliance_spec::layout::Table;
+use appliance_spec::Slot;
 
 #[derive(Debug, Serialize)]
 pub struct PartitionInfo {
@@ -40,9 +42,8 @@ pub fn inspect(image: &Path) -> Result<ImageInfo> {
         std::fs::metadata(image).with_context(|| format!("cannot read {}", image.display()))?;
     let table = partitions::read_table(image)
         .with_context(|| format!("{} has no readable GPT partition table", image.display()))?;
-    let kernel_cmdline = table
-        .iter()
-        .find(|p| p.label == LABEL_ESP)
+    let kernel_cmdline = Table::new(&table)
+        .esp()
         .and_then(|esp| read_boot_entry(image, esp).ok())
         .and_then(|entry| {
             entry
@@ -93,7 +94,7 @@ fn manifest_beside(image: &Path) -> PathBuf {
     image.with_file_name(format!("{stem}.manifest.json"))
 }
 
-/// Reads `loader/entries/appliance-a.conf` (or GRUB's config) from the ESP inside the image.
+/// Reads slot A's boot entry (or GRUB's config) from the ESP inside the image.
 fn read_boot_entry(image: &Path, esp: &TableEntry) -> Result<String> {
     let file = std::fs::File::open(image)?;
     let start = esp.first_lba * SECTOR;
@@ -102,10 +103,10 @@ fn read_boot_entry(image: &Path, esp: &TableEntry) -> Result<String> {
     let fs = fatfs::FileSystem::new(fscommon::BufStream::new(slice), fatfs::FsOptions::new())?;
     let root = fs.root_dir();
     let mut text = String::new();
-    if let Ok(mut f) = root.open_file("loader/entries/appliance-a.conf") {
+    if let Ok(mut f) = root.open_file(&esp::loader_entry(Slot::A)) {
         f.read_to_string(&mut text)?;
     } else {
-        let mut f = root.open_file("grub/grub.cfg")?;
+        let mut f = root.open_file(esp::GRUB_CFG)?;
         let mut cfg = String::new();
         f.read_to_string(&mut cfg)?;
         // Present GRUB's `linux` line the way a BLS entry spells it.

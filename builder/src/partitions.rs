@@ -16,15 +16,7 @@ use gpt::disk::LogicalBlockSize;
 use gpt::partition_types::{OperatingSystem, Type};
 use uuid::Uuid;
 
-/// Logical sector size of the images we write.
-pub const SECTOR: u64 = 512;
-/// Every partition starts on a 1 MiB boundary, and sizes are rounded up to it.
-pub const ALIGN: u64 = 1024 * 1024;
-
-/// GPT attribute bit 60: read-only (Discoverable Partitions Specification).
-pub const FLAG_READ_ONLY: u64 = 1 << 60;
-/// GPT attribute bit 63: do not auto-mount (Discoverable Partitions Specification).
-pub const FLAG_NO_AUTO: u64 = 1 << 63;
+pub use appliance_spec::layout::{types, TableEntry, ALIGN, FLAG_NO_AUTO, FLAG_READ_ONLY, SECTOR};
 
 /// A GPT partition name holds at most 36 UTF-16 code units.
 const MAX_LABEL_UNITS: usize = 36;
@@ -32,26 +24,6 @@ const MAX_LABEL_UNITS: usize = 36;
 const MAX_PARTITIONS: usize = 128;
 /// Chunk size for copying content; all-zero chunks are skipped to keep the image sparse.
 const COPY_CHUNK: usize = 64 * 1024;
-
-/// Partition type GUIDs (UEFI spec and the Discoverable Partitions Specification).
-pub mod types {
-    use uuid::Uuid;
-
-    /// BIOS boot partition: holds GRUB's core.img for legacy boot.
-    pub const BIOS_BOOT: Uuid = Uuid::from_u128(0x21686148_6449_6e6f_744e_656564454649);
-    /// EFI system partition.
-    pub const ESP: Uuid = Uuid::from_u128(0xc12a7328_f81f_11d2_ba4b_00a0c93ec93b);
-    /// Root file system, x86-64.
-    pub const ROOT_X86_64: Uuid = Uuid::from_u128(0x4f68bce3_e8cd_4db1_96e7_fbcaf984b709);
-    /// dm-verity hash data for the x86-64 root.
-    pub const ROOT_VERITY_X86_64: Uuid = Uuid::from_u128(0x2c7357ed_ebd2_46d9_aec1_23d437ec2bf5);
-    /// Root file system, arm64.
-    pub const ROOT_ARM64: Uuid = Uuid::from_u128(0xb921b045_1df0_41c3_af44_4c6f280d3fae);
-    /// dm-verity hash data for the arm64 root.
-    pub const ROOT_VERITY_ARM64: Uuid = Uuid::from_u128(0xdf3300ce_d69f_4c92_978c_9bfb0f38d820);
-    /// Generic Linux data.
-    pub const LINUX_GENERIC: Uuid = Uuid::from_u128(0x0fc63daf_8483_4772_8e79_3d69d8477de4);
-}
 
 /// What the caller wants on the disk, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,20 +81,6 @@ impl DiskLayout {
     pub fn offset_of(&self, label: &str) -> Option<u64> {
         self.by_label(label).map(PlacedPartition::offset)
     }
-}
-
-/// One GPT entry as read back from an image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableEntry {
-    /// 1-based entry slot.
-    pub number: u32,
-    pub label: String,
-    pub type_guid: Uuid,
-    pub part_guid: Uuid,
-    pub first_lba: u64,
-    /// Inclusive.
-    pub last_lba: u64,
-    pub flags: u64,
 }
 
 /// Places partitions in order from 1 MiB, each aligned to 1 MiB, and sizes the disk to end

@@ -11,32 +11,34 @@ use appliance_qemu_tests::scenarios::{self, ImageUnderTest};
 pub use appliance_qemu_tests::Firmware;
 use appliance_qemu_tests::{accel, machine::UefiFirmware, Arch};
 
-use crate::build::LABEL_ROOT_A;
-use crate::partitions::{self, types, SECTOR};
+use appliance_spec::layout::Table;
+use appliance_spec::Slot;
+
+use crate::partitions;
 
 /// Reads what the boot checks need from the image's own partition table.
 pub fn image_under_test(image: &Path) -> Result<ImageUnderTest> {
-    let table = partitions::read_table(image)
+    let entries = partitions::read_table(image)
         .with_context(|| format!("{} is not an appliance disk image", image.display()))?;
-    let root = table
-        .iter()
-        .find(|p| p.label == LABEL_ROOT_A)
-        .with_context(|| format!("{} has no {LABEL_ROOT_A} partition", image.display()))?;
-    let arch = if root.type_guid == types::ROOT_ARM64 {
-        Arch::Arm64
-    } else {
-        Arch::X86_64
-    };
+    let table = Table::new(&entries);
+    let root = table.root(Slot::A).with_context(|| {
+        format!(
+            "{} has no {} partition",
+            image.display(),
+            Slot::A.root_label()
+        )
+    })?;
+    let arch = table
+        .arch()
+        .with_context(|| format!("{}: unknown root partition type", image.display()))?;
     let data = table
-        .iter()
-        .rev()
-        .find(|p| p.type_guid == types::LINUX_GENERIC)
+        .data()
         .with_context(|| format!("{} has no data partition", image.display()))?;
     Ok(ImageUnderTest {
         image: image.to_path_buf(),
         arch,
-        root_offset: root.first_lba * SECTOR,
-        data_part_bytes: (data.last_lba - data.first_lba + 1) * SECTOR,
+        root_offset: root.offset(),
+        data_part_bytes: data.size_bytes(),
     })
 }
 

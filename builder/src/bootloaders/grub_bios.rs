@@ -10,6 +10,27 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
+use appliance_spec::{esp, Slot};
+
+use super::BootInputs;
+use crate::filesystems::esp::{EspFile, EspSource};
+
+/// GRUB's configuration on the ESP (core.img goes into the BIOS boot partition, see [`build`]).
+pub fn esp_files(inputs: &BootInputs) -> Vec<EspFile> {
+    vec![EspFile {
+        path: esp::GRUB_CFG.into(),
+        source: EspSource::Bytes(
+            grub_cfg(
+                &inputs.title,
+                &format!("/{}", esp::kernel(Slot::A)),
+                &format!("/{}", esp::initrd(Slot::A)),
+                &inputs.cmdline(),
+                inputs.timeout,
+            )
+            .into_bytes(),
+        ),
+    }]
+}
 
 /// Default location of the i386-pc GRUB modules (Debian package grub-pc-bin).
 pub const DEFAULT_MODULES_DIR: &str = "/usr/lib/grub/i386-pc";
@@ -227,7 +248,7 @@ fn patch_boot(boot: &[u8], start_lba: u64) -> Result<[u8; 440]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filesystems::esp::{self, EspFile, EspSource};
+    use crate::filesystems::esp;
     use std::collections::BTreeMap;
     use std::fs::{File, OpenOptions};
     use std::io::{Seek, SeekFrom, Write};
@@ -393,6 +414,7 @@ mod tests {
                 path: "grub/grub.cfg".into(),
                 source: EspSource::Bytes(cfg.into_bytes()),
             }],
+            0,
         )
         .unwrap();
         let disk = tmp.path().join("disk.img");
@@ -426,7 +448,7 @@ mod tests {
             path: "EFI/BOOT/BOOTX64.EFI".into(),
             source: EspSource::File(sd_boot.into()),
         }];
-        esp::write_esp(&esp_img, ESP_BYTES, ESP_ID, "ESP", &files).unwrap();
+        esp::write_esp(&esp_img, ESP_BYTES, ESP_ID, "ESP", &files, 0).unwrap();
         esp::fsck(&esp_img).unwrap();
         let disk = tmp.path().join("disk.img");
         make_disk(&disk, None, &[], &esp_img);

@@ -10,9 +10,46 @@ use anyhow::{bail, Context, Result};
 
 use crate::partitions::{self, SECTOR};
 
-/// Kernel and initrd names at the top of the ESP (the firmware looks there).
-pub const KERNEL: &str = "vmlinuz";
-pub const INITRD: &str = "initrd.img";
+use appliance_spec::esp::raspberry_pi::{CMDLINE_TXT, CONFIG_TXT, INITRD, KERNEL, REQUIRED};
+use appliance_spec::layout::Table;
+use appliance_spec::Slot;
+
+use super::BootInputs;
+use crate::filesystems::esp::{EspFile, EspSource};
+
+/// The firmware, device trees, a second copy of the kernel and initrd, config.txt and
+/// cmdline.txt at the top of the ESP, where the Pi's firmware looks for them.
+pub fn esp_files(inputs: &BootInputs) -> Vec<EspFile> {
+    let mut files: Vec<EspFile> = inputs
+        .raspberry_pi_files
+        .iter()
+        .map(|(name, path)| EspFile {
+            path: name.clone(),
+            source: EspSource::File(path.clone()),
+        })
+        .collect();
+    files.extend([
+        EspFile {
+            path: KERNEL.into(),
+            source: EspSource::File(inputs.kernel.to_path_buf()),
+        },
+        EspFile {
+            path: INITRD.into(),
+            source: EspSource::File(inputs.initrd.to_path_buf()),
+        },
+        EspFile {
+            path: CONFIG_TXT.into(),
+            source: EspSource::Bytes(config_txt().into_bytes()),
+        },
+        EspFile {
+            path: CMDLINE_TXT.into(),
+            source: EspSource::Bytes(
+                cmdline_txt(&super::root_cmdline(inputs.root, inputs.extra_cmdline)).into_bytes(),
+            ),
+        },
+    ]);
+    files
+}
 
 /// `config.txt` for the Pi firmware.
 pub fn config_txt() -> String {
@@ -46,19 +83,17 @@ pub struct PiCheck {
 /// device tree, config.txt and cmdline.txt; config.txt's kernel and initrd exist; cmdline.txt
 /// names the root hash and the PARTUUIDs of root-a and verity-a in this image's GPT.
 pub fn check_image(image: &Path) -> Result<PiCheck> {
-    let table = partitions::read_table(image)?;
+    let entries = partitions::read_table(image)?;
+    let table = Table::new(&entries);
     let esp = table
-        .iter()
-        .find(|p| p.type_guid == partitions::types::ESP)
+        .esp()
         .context("no EFI system partition: the Pi firmware needs a FAT partition to boot from")?;
-    let find = |label: &str| {
-        table
-            .iter()
-            .find(|p| p.label == label)
-            .with_context(|| format!("no {label} partition"))
-    };
-    let root = find("root-a")?;
-    let verity = find("verity-a")?;
+    let root = table
+        .root(Slot::A)
+        .with_context(|| format!("no {} partition", Slot::A.root_label()))?;
+    let verity = table
+        .verity(Slot::A)
+        .with_context(|| format!("no {} partition", Slot::A.verity_label()))?;
     let file = std::fs::File::open(image)?;
     let slice =
         fscommon::StreamSlice::new(file, esp.first_lba * SECTOR, (esp.last_lba + 1) * SECTOR)?;
@@ -77,18 +112,12 @@ pub fn check_image(image: &Path) -> Result<PiCheck> {
         Ok(s)
     };
     let mut problems = Vec::new();
-    for needed in [
-        "start4.elf",
-        "fixup4.dat",
-        "bcm2711-rpi-4-b.dtb",
-        "config.txt",
-        "cmdline.txt",
-    ] {
+    for needed in REQUIRED.iter().chain(&[CONFIG_TXT, CMDLINE_TXT]) {
         if !names.iter().any(|n| n == needed) {
             problems.push(format!("{needed} is missing from the ESP"));
         }
     }
-    let config = read("config.txt").unwrap_or_default();
+    let config = read(CONFIG_TXT).unwrap_or_default();
     for line in config.lines() {
         let wanted = line.strip_prefix("kernel=").or_else(|| {
             line.strip_prefix("initramfs ")
@@ -100,7 +129,7 @@ pub fn check_image(image: &Path) -> Result<PiCheck> {
             }
         }
     }
-    let cmdline = read("cmdline.txt").unwrap_or_default();
+    let cmdline = read(CMDLINE_TXT).unwrap_or_default();
     if cmdline.trim_end().contains('\n') {
         problems.push("cmdline.txt must be a single line".into());
     }
@@ -156,7 +185,7 @@ mod tests {
                 source: EspSource::Bytes(c.clone().into_bytes()),
             })
             .collect();
-        write_esp(&esp, 64 << 20, 0x1234_5678, "ESP", &entries).unwrap();
+        write_esp(&esp, 64 << 20, 0x1234_5678, "ESP", &entries, 0).unwrap();
         let h = hex::decode(ROOT_HASH).unwrap();
         let spec = |label: &str, t, guid: uuid::Uuid, content| PartitionSpec {
             label: label.into(),

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Deserializer, Serialize};
+
+mod validate;
 use sha2::{Digest, Sha256};
 
 /// The whole appliance description.
@@ -471,118 +473,6 @@ impl Config {
             }
         }
         repos
-    }
-
-    fn validate(&self, origin: &str) -> Result<()> {
-        // The [firstboot] answers are checked here, with the machine's own rules, so that a
-        // mistake stops the build instead of showing up at the machine's console.
-        if !self.firstboot.is_empty() {
-            let text = toml::to_string(&self.firstboot).context("serialising [firstboot]")?;
-            let where_ = format!("{origin}: [firstboot]");
-            appliance_spec::seed::Seed::parse(&text, &where_)?
-                .validate(&where_, Path::new("/usr/share/zoneinfo"))?;
-        }
-        let name_ok = !self.image.name.is_empty()
-            && self
-                .image
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !name_ok {
-            bail!(
-                "{origin}: [image] name = {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
-                self.image.name
-            );
-        }
-        if self.image.formats.is_empty() {
-            bail!("{origin}: [image] formats is empty; list at least \"raw\"");
-        }
-        if self.root.filesystem != "squashfs" {
-            bail!(
-                "{origin}: [root] filesystem = {:?} is not supported; use \"squashfs\"",
-                self.root.filesystem
-            );
-        }
-        if !["zstd", "xz", "gzip", "lz4"].contains(&self.root.compression.as_str()) {
-            bail!(
-                "{origin}: [root] compression = {:?}; use zstd, xz, gzip or lz4",
-                self.root.compression
-            );
-        }
-        if self.image.board == Board::RaspberryPi && self.image.arch != Arch::Arm64 {
-            bail!(
-                "{origin}: [image] board = \"raspberry-pi\" needs arch = \"arm64\" (Raspberry Pi 4; Debian 12's kernel does not support the Pi 5)"
-            );
-        }
-        if !self.boot.uefi && !self.bios() {
-            bail!("{origin}: [boot] uefi and bios are both false; enable at least one");
-        }
-        if self.bios() && self.image.arch != Arch::X86_64 {
-            bail!(
-                "{origin}: [boot] bios = true needs arch = \"x86_64\"; set bios = false for {}",
-                self.image.arch
-            );
-        }
-        if self.boot.esp_size.0 < 64 << 20 {
-            bail!(
-                "{origin}: [boot] esp_size = {} is too small; FAT32 needs at least \"64M\"",
-                self.boot.esp_size
-            );
-        }
-        if self.data.size.0 < 32 << 20 {
-            bail!(
-                "{origin}: [data] size = {} is too small; use at least \"32M\"",
-                self.data.size
-            );
-        }
-        // The label becomes part of systemd unit names and the ext4 label (16 bytes at most).
-        let label_ok = !self.data.label.is_empty()
-            && self.data.label.len() <= 16
-            && self
-                .data
-                .label
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !label_ok {
-            bail!(
-                "{origin}: [data] label = {:?}: use 1 to 16 lower-case letters, digits or '_'",
-                self.data.label
-            );
-        }
-        let mut names = std::collections::BTreeSet::new();
-        let jitsi_repo = self
-            .jitsi
-            .repository
-            .iter()
-            .map(|r| ("[jitsi.repository]", r));
-        let extra = self.repositories.iter().map(|r| ("[[repositories]]", r));
-        for (section, repo) in extra.chain(jitsi_repo) {
-            if !names.insert(repo.name.clone()) {
-                bail!(
-                    "{origin}: two repositories are named {:?}; names must differ",
-                    repo.name
-                );
-            }
-            if repo.key.is_none() == repo.key_url.is_none() {
-                bail!(
-                    "{origin}: {section} {:?} needs exactly one of `key` (a file) or `key_url`",
-                    repo.name
-                );
-            }
-            normalize_fingerprint(&repo.fingerprint).with_context(|| {
-                format!("{origin}: {section} {:?}: bad `fingerprint`", repo.name)
-            })?;
-            if !repo.suite.ends_with('/') && repo.components.is_empty() {
-                bail!(
-                    "{origin}: {section} {:?} has suite {:?} but no components; add components = [\"main\"] or end a flat suite with '/'",
-                    repo.name, repo.suite
-                );
-            }
-        }
-        if self.jitsi.enabled && self.jitsi.repository.is_none() && self.jitsi.debs.is_none() {
-            bail!("{origin}: [jitsi] enabled = true needs `repository` or `debs` (a directory of .deb files)");
-        }
-        Ok(())
     }
 }
 

@@ -1,0 +1,83 @@
+//! The build pipeline. Each stage is a module of its own with one entry function; this one
+//! reads as the table of contents (docs/architecture.md, "Stages"):
+//!
+//! 1. [`keys`]: the repositories' signing keys, checked against their pinned fingerprints;
+//! 2. [`packages`]: the root file system as a tarball (mmdebstrap), cached;
+//! 3. [`squashfs`]: the read-only root;
+//! 4. [`verity`]: its dm-verity hash tree and the root hash;
+//! 5. [`boot`]: kernel, initrd and boot loaders on the ESP;
+//! 6. [`disk`]: the partition table and every partition's content in one disk image;
+//! 7. [`outputs`]: compressed and converted copies, block map, manifest, checksums.
+
+mod boot;
+mod cache;
+mod context;
+mod disk;
+mod keys;
+mod outputs;
+mod packages;
+mod squashfs;
+mod verity;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+
+pub use cache::rootfs_cache_key;
+pub use context::{BuildCtx, Identifiers};
+
+use crate::config::Config;
+use crate::outputs::OutputFile;
+use crate::progress::StageTiming;
+
+pub struct BuildOptions {
+    pub out_dir: PathBuf,
+    pub build_dir: PathBuf,
+    /// Rebuild the root file system even when a cached one matches the configuration.
+    pub refresh: bool,
+    /// Print nothing but the final JSON summary.
+    pub json: bool,
+    /// zstd level for `raw.zst`.
+    pub zstd_level: i32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildSummary {
+    pub image: PathBuf,
+    pub outputs: Vec<OutputFile>,
+    pub root_hash: Option<String>,
+    pub rootfs_cached: bool,
+    pub timings: Vec<StageTiming>,
+    pub total_seconds: f64,
+}
+
+/// Builds the image `config` describes into `opts.out_dir`.
+pub fn build(config: &Config, opts: &BuildOptions) -> Result<BuildSummary> {
+    let mut ctx = BuildCtx::new(config, opts, 7)?;
+    let result = run_stages(&mut ctx);
+    if result.is_err() {
+        ctx.progress.abort();
+    }
+    result
+}
+
+fn run_stages(ctx: &mut BuildCtx) -> Result<BuildSummary> {
+    let keyrings = ctx.stage("keys", keys::verify)?;
+    let root = ctx.stage("packages", |c| packages::install(c, &keyrings))?;
+    let squashfs = ctx.stage("squashfs", |c| squashfs::make(c, &root))?;
+    let verity = ctx.stage("verity", |c| verity::compute(c, &squashfs))?;
+    let boot = ctx.stage("boot", |c| boot::prepare(c, &root, &verity))?;
+    let disk = ctx.stage("disk", |c| disk::write(c, &squashfs, &verity, &boot))?;
+    let outputs = ctx.stage("outputs", |c| {
+        outputs::write(c, disk, &squashfs, &verity, &boot)
+    })?;
+    Ok(BuildSummary {
+        image: outputs.image,
+        outputs: outputs.files,
+        root_hash: verity.root_hash(),
+        rootfs_cached: root.cached,
+        total_seconds: ctx.progress.total_seconds(),
+        timings: ctx.progress.timings.clone(),
+    })
+}

@@ -1,0 +1,142 @@
+//! Stage 7: the outputs. A zstd copy, the qemu-img formats (each checked against the raw
+//! image), the block map, the manifest and `SHA256SUMS`; then everything is renamed into
+//! place at once.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use appliance_spec::layout::ALIGN;
+
+use super::boot::BootFiles;
+use super::disk::Disk;
+use super::squashfs::Squashfs;
+use super::verity::RootVerity;
+use super::BuildCtx;
+use crate::config::Format;
+use crate::formats;
+use crate::outputs::{self, Manifest, ManifestVerity, OutputFile};
+use crate::progress::human_bytes;
+
+pub struct Outputs {
+    /// Where the raw image is (or would be, if `raw` is not among the formats).
+    pub image: PathBuf,
+    /// Every output file, the manifest included.
+    pub files: Vec<OutputFile>,
+}
+
+pub fn write(
+    ctx: &mut BuildCtx,
+    mut disk: Disk,
+    squashfs: &Squashfs,
+    verity: &RootVerity,
+    boot: &BootFiles,
+) -> Result<(Outputs, String)> {
+    let config = ctx.config;
+    let name = &config.image.name;
+    let raw = disk.raw.clone();
+    let mut made: Vec<(String, PathBuf)> = Vec::new();
+    if disk.keep_raw {
+        made.push((format!("{name}.raw"), raw.clone()));
+    }
+    if config.image.formats.contains(&Format::RawZst) {
+        let file = format!("{name}.{}", Format::RawZst.extension());
+        let path = disk.staged.path(&file);
+        ctx.progress.message("compressing with zstd");
+        outputs::compress_zstd(&raw, &path, ctx.opts.zstd_level)
+            .with_context(|| format!("compressing {}", raw.display()))?;
+        made.push((file, path));
+    }
+    for (format, vm) in [
+        (Format::Qcow2, formats::VmFormat::Qcow2),
+        (Format::Vmdk, formats::VmFormat::Vmdk),
+        (Format::Vhd, formats::VmFormat::Vhd),
+    ] {
+        if config.image.formats.contains(&format) {
+            let file = format!("{name}.{}", format.extension());
+            let path = disk.staged.path(&file);
+            ctx.progress
+                .message(&format!("converting to {}", format.extension()));
+            formats::convert(&raw, vm, &path)?;
+            ctx.progress.message(&format!("checking {file}"));
+            formats::verify(&raw, vm, &path)?;
+            made.push((file, path));
+        }
+    }
+    if config.image.formats.contains(&Format::Bmap) {
+        let file = format!("{name}.bmap");
+        let path = disk.staged.path(&file);
+        ctx.progress.message("writing the block map");
+        // Partitions that are empty in the image get their first MiB written anyway, so
+        // flashing over a used disk cannot revive an old file system (and its secrets).
+        let empty_starts: Vec<(u64, u64)> = disk
+            .layout
+            .partitions
+            .iter()
+            .filter(|p| p.spec.content.is_none())
+            .map(|p| (p.offset(), ALIGN.min(p.size_bytes())))
+            .collect();
+        formats::write_bmap_with(&raw, &path, &empty_starts)?;
+        made.push((file, path));
+    }
+    let mut listed = Vec::new();
+    for (file, path) in &made {
+        ctx.progress.message(&format!("checksumming {file}"));
+        listed.push(OutputFile {
+            file: file.clone(),
+            bytes: std::fs::metadata(path)?.len(),
+            sha256: outputs::sha256_file(path)?,
+        });
+    }
+    let manifest = Manifest {
+        name: name.clone(),
+        tool: "appliance".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        config_hash: config.hash.clone(),
+        arch: config.image.arch.to_string(),
+        board: config.image.board.to_string(),
+        debian_suite: config.debian.suite.clone(),
+        jitsi: config.jitsi.enabled,
+        kernel_version: boot.contents.kernel_version.clone(),
+        kernel_cmdline: boot.cmdline.clone(),
+        image_bytes: std::fs::metadata(&raw)?.len(),
+        squashfs_bytes: squashfs.bytes,
+        verity: verity.tree.as_ref().map(|t| ManifestVerity {
+            root_hash: t.root_hash_hex(),
+            salt: t.salt_hex(),
+            uuid: t.uuid_string(),
+            data_blocks: t.data_blocks,
+            hash_bytes: t.hash_bytes,
+        }),
+        disk_guid: disk.layout.disk_guid.to_string(),
+        partitions: outputs::manifest_partitions(&disk.layout),
+        packages: boot.contents.packages.clone(),
+        outputs: listed.clone(),
+    };
+    let manifest_name = format!("{name}.manifest.json");
+    let manifest_path = disk.staged.path(&manifest_name);
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)?;
+    let mut files = listed;
+    files.push(OutputFile {
+        file: manifest_name,
+        bytes: std::fs::metadata(&manifest_path)?.len(),
+        sha256: outputs::sha256_file(&manifest_path)?,
+    });
+    let sums_path = disk.staged.path("SHA256SUMS");
+    std::fs::write(&sums_path, outputs::sha256sums(&files))?;
+    disk.staged.commit()?;
+    if !disk.keep_raw {
+        let _ = std::fs::remove_file(&raw);
+    }
+    let zst_note = files
+        .iter()
+        .find(|f| f.file.ends_with(".zst"))
+        .map(|f| format!(", {} compressed", human_bytes(f.bytes)))
+        .unwrap_or_default();
+    let note = format!(
+        "{} files in {}{zst_note}",
+        files.len() + 1,
+        ctx.opts.out_dir.display()
+    );
+    let image = ctx.opts.out_dir.join(format!("{name}.raw"));
+    Ok((Outputs { image, files }, note))
+}
