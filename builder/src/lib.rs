@@ -22,4 +22,5 @@ pub mod packages;
 pub mod partitions;
 pub mod progress;
 pub mod rootfs;
+pub mod signing;
 pub mod testing;

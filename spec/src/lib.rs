@@ -16,6 +16,7 @@ pub mod esp;
 pub mod layout;
 pub mod ready;
 pub mod seed;
+pub mod signature;
 pub mod template;
 pub mod validate;
 pub mod verity;

@@ -35,6 +35,9 @@ pub struct Config {
     pub root: Root,
     #[serde(default)]
     pub data: Data,
+    /// The key that signs the outputs and update bundles.
+    #[serde(default)]
+    pub signing: Signing,
     /// First-boot answers (domain, hosts, SSH keys, ...) written to the ESP as
     /// `appliance-setup.toml`; the schema is the in-image program's seed file.
     #[serde(default)]
@@ -200,6 +203,14 @@ impl Default for Packages {
             cache_dir: PathBuf::from("build/cache"),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Signing {
+    /// The private signing key (OpenSSH ed25519, made by `appliance key generate`); without
+    /// it, `$APPLIANCE_SIGNING_KEY`. Never inside the repository or a feature folder.
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
