@@ -9,10 +9,11 @@ use crate::flash;
 
 /// Write an image to a disk or SD card, safely.
 ///
-/// Refuses a device that is mounted, holds the running system, is smaller than the image,
-/// or is larger than --max-size-gib (unless --force). Shows the device's model and size and
-/// asks you to type its name. Writes only the image's data blocks when a .bmap lies beside the
-/// image, then reads everything back and checks it.
+/// Refuses a device on a disk that holds the running system (/, /boot, swap) or any mounted
+/// file system, a device smaller than the image, or one larger than --max-size-gib (unless
+/// --force). Shows the device's model and size, asks you to type its name, and checks that
+/// it is still the same device before writing. Writes only the image's data blocks when a
+/// .bmap lies beside the image, then reads everything back and checks it.
 #[derive(Args)]
 pub struct WriteArgs {
     /// The image (a .raw file).
