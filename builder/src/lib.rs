@@ -24,3 +24,4 @@ pub mod progress;
 pub mod rootfs;
 pub mod signing;
 pub mod testing;
+pub mod verify;

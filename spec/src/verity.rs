@@ -142,8 +142,46 @@ fn pad_level(mut level: Vec<u8>) -> Vec<u8> {
     level
 }
 
-/// Reads `data` sequentially (streaming; only the level-0 digests, 1/128 of the data, are
-/// kept in memory) and writes the hash device (superblock + tree) to `hash_out`.
+/// The hash tree of `data_blocks` blocks read from `data`: the root hash and the levels, leaves
+/// first. Streams the data; only the level-0 digests (1/128 of the data) are kept in memory.
+fn compute_tree(
+    data: &mut impl Read,
+    data_blocks: u64,
+    salt: &[u8; 32],
+) -> Result<([u8; 32], Vec<Vec<u8>>)> {
+    let mut block = vec![0u8; BS];
+    let mut leaves = Vec::with_capacity(usize::try_from(data_blocks)? * DIGEST);
+    for i in 0..data_blocks {
+        data.read_exact(&mut block)
+            .with_context(|| format!("reading data block {i}"))?;
+        leaves.extend_from_slice(&salted_hash(salt, &block));
+    }
+    // Build upwards until a level fits in one hash block; the top block's hash is the root.
+    // With a single data block its digest is directly the root.
+    let mut levels: Vec<Vec<u8>> = Vec::new();
+    if data_blocks == 1 {
+        let mut r = [0u8; 32];
+        r.copy_from_slice(&leaves);
+        return Ok((r, levels));
+    }
+    let mut current = pad_level(leaves);
+    loop {
+        let next: Vec<u8> = current
+            .chunks(BS)
+            .flat_map(|b| salted_hash(salt, b))
+            .collect();
+        let top = current.len() == BS;
+        levels.push(current);
+        if top {
+            let mut r = [0u8; 32];
+            r.copy_from_slice(&next);
+            return Ok((r, levels));
+        }
+        current = pad_level(next);
+    }
+}
+
+/// Reads `data` sequentially and writes the hash device (superblock + tree) to `hash_out`.
 ///
 /// `data` must be a non-empty multiple of [`BLOCK_SIZE`] (see [`pad_to_block`]).
 pub fn build_hash_tree(
@@ -164,41 +202,9 @@ pub fn build_hash_tree(
         );
     }
     let data_blocks = len / BLOCK_SIZE;
-
-    // Level 0: one digest per data block. With a single block this is directly the root.
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut block = vec![0u8; BS];
-    let mut leaves = Vec::with_capacity(usize::try_from(data_blocks)? * DIGEST);
-    for i in 0..data_blocks {
-        reader
-            .read_exact(&mut block)
-            .with_context(|| format!("reading block {i} of {}", data.display()))?;
-        leaves.extend_from_slice(&salted_hash(salt, &block));
-    }
-
-    // Build upwards until a level fits in one hash block; the top block's hash is the root.
-    let mut levels: Vec<Vec<u8>> = Vec::new();
-    let root_hash = if data_blocks == 1 {
-        let mut r = [0u8; 32];
-        r.copy_from_slice(&leaves);
-        r
-    } else {
-        let mut current = pad_level(leaves);
-        loop {
-            let next: Vec<u8> = current
-                .chunks(BS)
-                .flat_map(|b| salted_hash(salt, b))
-                .collect();
-            let top = current.len() == BS;
-            levels.push(current);
-            if top {
-                let mut r = [0u8; 32];
-                r.copy_from_slice(&next);
-                break r;
-            }
-            current = pad_level(next);
-        }
-    };
+    let (root_hash, levels) = compute_tree(&mut reader, data_blocks, salt)
+        .with_context(|| format!("hashing {}", data.display()))?;
 
     // Hash device: superblock block, then the levels top first (cryptsetup's on-disk order).
     let out = File::create(hash_out).with_context(|| format!("creating {}", hash_out.display()))?;
@@ -220,6 +226,66 @@ pub fn build_hash_tree(
         data_blocks,
         hash_bytes,
     })
+}
+
+/// What a hash device's superblock says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superblock {
+    pub salt: [u8; 32],
+    pub uuid: [u8; 16],
+    pub data_blocks: u64,
+}
+
+/// Parses the superblock this module writes (format v1, sha256, 4 KiB blocks, 32-byte salt).
+pub fn parse_superblock(block: &[u8]) -> Result<Superblock> {
+    if block.len() < SUPERBLOCK_LEN || &block[0..8] != b"verity\0\0" {
+        bail!("no dm-verity superblock (the hash partition is empty or damaged)");
+    }
+    let u32_at = |o: usize| u32::from_le_bytes([block[o], block[o + 1], block[o + 2], block[o + 3]]);
+    if u32_at(8) != 1 || u32_at(12) != 1 || &block[32..39] != b"sha256\0" {
+        bail!("a dm-verity superblock of another format than v1/sha256");
+    }
+    if u64::from(u32_at(64)) != BLOCK_SIZE || u64::from(u32_at(68)) != BLOCK_SIZE {
+        bail!("a dm-verity superblock with block sizes other than {BLOCK_SIZE}");
+    }
+    if u16::from_le_bytes([block[80], block[81]]) != 32 {
+        bail!("a dm-verity superblock with a salt that is not 32 bytes");
+    }
+    let mut salt = [0u8; 32];
+    salt.copy_from_slice(&block[88..120]);
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&block[16..32]);
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&block[72..80]);
+    Ok(Superblock {
+        salt,
+        uuid,
+        data_blocks: u64::from_le_bytes(n),
+    })
+}
+
+/// Checks data against its hash device, as `veritysetup verify` does: the superblock is read,
+/// the tree is computed from the data and must equal the stored one, block for block. Returns
+/// the root hash; the caller compares it with the one it trusts.
+pub fn verify(data: &mut impl Read, hash_device: &mut impl Read) -> Result<[u8; 32]> {
+    let mut sb = vec![0u8; BS];
+    hash_device
+        .read_exact(&mut sb)
+        .context("reading the dm-verity superblock")?;
+    let sb = parse_superblock(&sb)?;
+    let (root, levels) = compute_tree(data, sb.data_blocks, &sb.salt)?;
+    let mut stored = vec![0u8; BS];
+    for (i, level) in levels.iter().rev().enumerate() {
+        for (j, expected) in level.chunks(BS).enumerate() {
+            hash_device
+                .read_exact(&mut stored)
+                .with_context(|| format!("reading hash level {i}, block {j}"))?;
+            if stored != expected {
+                bail!("the stored hash tree does not match the data (level {i}, block {j})");
+            }
+        }
+    }
+    Ok(root)
 }
 
 #[cfg(test)]
@@ -395,6 +461,13 @@ mod tests {
                 .success()
             };
             assert!(verify(root), "{blocks} blocks: veritysetup verify failed");
+            // Our own verification agrees, and reads the superblock veritysetup wrote.
+            let ours_root = super::verify(
+                &mut std::fs::File::open(&data).unwrap(),
+                &mut std::fs::File::open(&theirs).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(hex::encode(ours_root), root, "{blocks} blocks: our verify");
 
             // Flip one byte in the last data block: verification must now fail.
             let mut bytes = std::fs::read(&data).unwrap();
@@ -405,6 +478,16 @@ mod tests {
                 !verify(root),
                 "{blocks} blocks: verify passed on corrupt data"
             );
+            let corrupt = super::verify(
+                &mut std::fs::File::open(&data).unwrap(),
+                &mut std::fs::File::open(&ours).unwrap(),
+            );
+            if blocks == 1 {
+                // No tree to compare: only the root hash tells, and it changed.
+                assert_ne!(hex::encode(corrupt.unwrap()), root);
+            } else {
+                assert!(corrupt.is_err(), "{blocks} blocks: our verify passed corrupt data");
+            }
         }
     }
 }

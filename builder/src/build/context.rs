@@ -12,6 +12,7 @@ use super::BuildOptions;
 use crate::config::Config;
 use crate::features::{self, Feature};
 use crate::progress::Progress;
+use crate::signing::{self, SigningKey};
 
 pub struct BuildCtx<'a> {
     pub config: &'a Config,
@@ -22,6 +23,8 @@ pub struct BuildCtx<'a> {
     pub cache_dir: PathBuf,
     pub features: Vec<Feature>,
     pub ids: Identifiers,
+    /// Signs `SHA256SUMS` and the update bundle, when the configuration names a key.
+    pub signing: Option<SigningKey>,
     pub progress: Progress,
 }
 
@@ -43,6 +46,7 @@ impl<'a> BuildCtx<'a> {
             cache_dir,
             features: features::load(config)?,
             ids: Identifiers::new(&config.hash),
+            signing: signing::configured(config)?,
             progress: Progress::new(opts.json, stages),
         })
     }

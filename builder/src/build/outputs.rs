@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use appliance_spec::layout::ALIGN;
+use appliance_spec::signature::NAMESPACE_RELEASE;
 
 use super::boot::BootFiles;
 use super::disk::Disk;
@@ -121,8 +122,17 @@ pub fn write(
         bytes: std::fs::metadata(&manifest_path)?.len(),
         sha256: outputs::sha256_file(&manifest_path)?,
     });
+    let sums = outputs::sha256sums(&files);
     let sums_path = disk.staged.path("SHA256SUMS");
-    std::fs::write(&sums_path, outputs::sha256sums(&files))?;
+    std::fs::write(&sums_path, &sums)?;
+    let signed = match &ctx.signing {
+        Some(key) => {
+            let sig = key.sign(NAMESPACE_RELEASE, sums.as_bytes())?;
+            std::fs::write(disk.staged.path("SHA256SUMS.sig"), sig)?;
+            ", signed"
+        }
+        None => ", not signed ([signing] key is not set)",
+    };
     disk.staged.commit()?;
     if !disk.keep_raw {
         let _ = std::fs::remove_file(&raw);
@@ -133,7 +143,7 @@ pub fn write(
         .map(|f| format!(", {} compressed", human_bytes(f.bytes)))
         .unwrap_or_default();
     let note = format!(
-        "{} files in {}{zst_note}",
+        "{} files in {}{zst_note}{signed}",
         files.len() + 1,
         ctx.opts.out_dir.display()
     );

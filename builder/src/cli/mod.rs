@@ -3,8 +3,10 @@
 mod build;
 mod doctor;
 mod inspect;
+mod key;
 mod run;
 mod test;
+mod verify;
 mod write;
 
 use std::path::PathBuf;
@@ -45,6 +47,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     Write(write::WriteArgs),
     Doctor(doctor::DoctorArgs),
+    Key(key::KeyArgs),
+    Verify(verify::VerifyArgs),
 }
 
 /// Runs the command the user asked for.
@@ -56,6 +60,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(args),
         Command::Write(args) => write::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Key(args) => key::run(args),
+        Command::Verify(args) => verify::run(args),
     }
 }
 
