@@ -9,6 +9,8 @@
 //! - `install/` (optional): laid into the root before the packages are installed, for files a
 //!   package's install script reads (the initrd configuration);
 //! - `preseed.cfg` (optional): debconf answers, so no package asks a question;
+//! - `packages.sh` (optional): run with the root file system as `$1` right after the packages
+//!   are installed, in the package layer: for what depends on the packages only (the initrd);
 //! - `customize.sh` (optional): run with the root file system as `$1` once every feature's
 //!   files are in place, in the order of `[features] enabled`.
 
@@ -73,6 +75,10 @@ impl Feature {
 
     pub fn preseed(&self) -> Option<PathBuf> {
         Some(self.dir.join("preseed.cfg")).filter(|f| f.is_file())
+    }
+
+    pub fn packages_script(&self) -> Option<PathBuf> {
+        Some(self.dir.join("packages.sh")).filter(|f| f.is_file())
     }
 
     pub fn customize_script(&self) -> Option<PathBuf> {

@@ -20,8 +20,9 @@ use crate::rootfs::HookPaths;
 pub struct RootfsPlan {
     pub args: Vec<String>,
     pub source_date_epoch: u64,
-    /// Goes into the cache key of the root tarball.
-    pub fingerprint_input: String,
+    /// What determines the result, without the build's own paths: the cache key of the
+    /// package layer is a hash of it (so moving the build directory keeps the cache valid).
+    pub key_input: String,
 }
 
 /// Checks a repository's signing key against its pinned fingerprint and writes it as a binary
@@ -223,14 +224,16 @@ pub fn package_list(config: &Config, features: &[Feature]) -> Vec<String> {
     pkgs
 }
 
-/// Builds mmdebstrap's command line.
+/// Builds mmdebstrap's command line for the package layer: the packages of the configuration
+/// and its features, the features' install trees, debconf answers and package hooks. Downloaded
+/// `.deb` files are copied back into `deb_cache`, apt's package lists into `lists_out`.
 pub fn plan(
     config: &Config,
     features: &[Feature],
     keyrings: &[(String, PathBuf)],
     hooks: &HookPaths,
-    overlay_dir: &Path,
     deb_cache: &Path,
+    lists_out: &Path,
 ) -> Result<RootfsPlan> {
     let mut args: Vec<String> = vec![
         "--variant=apt".into(),
@@ -247,6 +250,7 @@ pub fn plan(
         "--dpkgopt=path-exclude=/usr/share/locale/*".into(),
         "--dpkgopt=path-include=/usr/share/locale/locale.alias".into(),
     ];
+    let mut key: Vec<String> = args.clone();
     let mut include = package_list(config, features);
     let mut deb_paths = Vec::new();
     if let Some(dir) = &config.packages.local_debs {
@@ -268,12 +272,24 @@ pub fn plan(
             .any(|d| deb_package_name(d).as_deref() == Some(p))
     });
     args.push(format!("--include={}", include.join(",")));
+    key.push(format!("include {}", include.join(",")));
     for deb in &deb_paths {
         let abs = std::fs::canonicalize(deb)
             .with_context(|| format!("cannot resolve {}", deb.display()))?;
         args.push(format!("--include={}", abs.display()));
+        // A .deb replaced under the same name is a different package.
+        key.push(format!(
+            "local deb {} {}",
+            deb.file_name().unwrap_or_default().to_string_lossy(),
+            appliance_spec::signature::sha256_file(&abs)?
+        ));
     }
     let q = |p: &Path| shell_quote(&p.display().to_string());
+    let preseed_name = hooks
+        .preseed
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     args.extend([
         // openjdk's postinst links its man page even though man pages are excluded.
         "--setup-hook=mkdir -p \"$1/var/cache/apt/archives\" \"$1/usr/share/man/man1\" \"$1/etc/dracut.conf.d\""
@@ -283,19 +299,23 @@ pub fn plan(
         // kernel's own postinst builds the right initrd once.
         format!("--setup-hook=sync-in {} /", q(&hooks.install)),
         format!("--essential-hook=copy-in {} /tmp", q(&hooks.preseed)),
-        format!(
-            "--essential-hook=chroot \"$1\" debconf-set-selections /tmp/{}",
-            hooks
-                .preseed
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ),
-        format!("--customize-hook=sync-in {} /", q(overlay_dir)),
+        format!("--essential-hook=chroot \"$1\" debconf-set-selections /tmp/{preseed_name}"),
     ]);
-    // Each feature's customize script, in order, with the root as $1.
-    for script in &hooks.customize {
+    key.push(format!(
+        "install tree {}",
+        crate::build::tree_hash(&hooks.install)?
+    ));
+    key.push(format!(
+        "preseed {}",
+        appliance_spec::signature::sha256_file(&hooks.preseed)?
+    ));
+    // Each feature's package hook, in order, with the root as $1.
+    for script in &hooks.packages {
         args.push(format!("--customize-hook={}", script.display()));
+        key.push(format!(
+            "packages hook {}",
+            appliance_spec::signature::sha256_file(script)?
+        ));
     }
     args.extend([
         format!(
@@ -304,16 +324,35 @@ pub fn plan(
         ),
         // Packages are cached on the host, not in the image.
         "--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb".into(),
+        // apt's package lists say where each package came from and its checksum (the lock
+        // and the SBOM are made from them); the image itself keeps none.
+        format!(
+            "--customize-hook=sync-out /var/lib/apt/lists {}",
+            q(lists_out)
+        ),
     ]);
     args.push(config.debian.suite.clone());
     args.push("-".into()); // the tarball goes to stdout; the caller writes it
-    args.extend(sources(config, keyrings));
-    let fingerprint_input = args.join("\n");
+    key.push(format!("suite {}", config.debian.suite));
+    let sources = sources(config, keyrings);
+    args.extend(sources.iter().cloned());
+    for (name, keyring) in keyrings {
+        key.push(format!(
+            "keyring {name} {}",
+            appliance_spec::signature::sha256_file(keyring)?
+        ));
+    }
+    key.extend(sources_without_keyrings(config));
     Ok(RootfsPlan {
         args,
         source_date_epoch: config.image.source_date_epoch,
-        fingerprint_input,
+        key_input: key.join("\n"),
     })
+}
+
+/// The sources, with the keyring paths left out (they are hashed by content instead).
+fn sources_without_keyrings(config: &Config) -> Vec<String> {
+    sources(config, &[])
 }
 
 /// The package name of a `.deb` file, from its file name (`name_version_arch.deb`).

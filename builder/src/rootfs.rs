@@ -3,7 +3,6 @@
 //! loader, package list).
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -131,12 +130,14 @@ pub struct HookPaths {
     pub install: PathBuf,
     /// Every feature's debconf answers, in one file.
     pub preseed: PathBuf,
-    /// Every feature's customize script, in order.
+    /// Every feature's package hook (`packages.sh`), in order: run in the package layer.
+    pub packages: Vec<PathBuf>,
+    /// Every feature's customize script, in order: run on the package layer with the files in.
     pub customize: Vec<PathBuf>,
 }
 
-/// Writes into `dir` what mmdebstrap's hooks use: the install tree, the debconf answers and a
-/// copy of each customize script (copies, so the cache key of the root covers their content).
+/// Writes into `dir` what the hooks use: the install tree, the debconf answers and a copy of
+/// each package and customize script (copies, so the cache keys cover their content).
 pub fn write_hook_files(config: &Config, features: &[Feature], dir: &Path) -> Result<HookPaths> {
     let ctx = template_context(config)?;
     let install = dir.join("install");
@@ -155,21 +156,26 @@ pub fn write_hook_files(config: &Config, features: &[Feature], dir: &Path) -> Re
     }
     let preseed = dir.join("preseed.cfg");
     std::fs::write(&preseed, preseed_text)?;
-    let mut customize = Vec::new();
-    for (i, f) in features.iter().enumerate() {
-        if let Some(script) = f.customize_script() {
-            let copy = dir.join(format!("customize-{:02}-{}.sh", i + 1, f.name));
-            std::fs::copy(&script, &copy)
-                .with_context(|| format!("copying {}", script.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
-            customize.push(copy);
-        }
-    }
+    let copy_scripts =
+        |kind: &str, pick: fn(&Feature) -> Option<PathBuf>| -> Result<Vec<PathBuf>> {
+            let mut out = Vec::new();
+            for (i, f) in features.iter().enumerate() {
+                if let Some(script) = pick(f) {
+                    let copy = dir.join(format!("{kind}-{:02}-{}.sh", i + 1, f.name));
+                    std::fs::copy(&script, &copy)
+                        .with_context(|| format!("copying {}", script.display()))?;
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
+                    out.push(copy);
+                }
+            }
+            Ok(out)
+        };
     Ok(HookPaths {
         install,
         preseed,
-        customize,
+        packages: copy_scripts("packages", Feature::packages_script)?,
+        customize: copy_scripts("customize", Feature::customize_script)?,
     })
 }
 
@@ -182,6 +188,7 @@ pub struct InstalledPackage {
 }
 
 /// What the later stages take out of the root tarball.
+#[derive(Debug, Clone)]
 pub struct RootfsContents {
     pub kernel_version: String,
     pub kernel: PathBuf,
@@ -194,20 +201,15 @@ pub struct RootfsContents {
     pub raspberry_pi_files: Vec<(String, PathBuf)>,
 }
 
-/// Reads the root tarball once, copying the kernel, initrd and boot loader into `dir`.
+/// Reads the root tarball once, copying into `dir` what the boot stage needs: the kernel,
+/// initrd and boot loader, the Raspberry Pi firmware, os-release and dpkg's status file.
 pub fn extract_boot_files(config: &Config, tar_path: &Path, dir: &Path) -> Result<RootfsContents> {
     std::fs::create_dir_all(dir)?;
     let file = std::fs::File::open(tar_path)
         .with_context(|| format!("opening the root tarball {}", tar_path.display()))?;
     let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
     let sd_boot_name = config.image.arch.systemd_boot_file();
-    let mut kernels: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut initrds: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut systemd_boot = None;
-    let mut os_release = String::new();
-    let mut status = String::new();
-    let mut pi_files = Vec::new();
-    let pi_dir = dir.join("raspberry-pi");
+    let pi_dir = dir.join(PI_DIR);
     for entry in archive.entries().context("reading the root tarball")? {
         let mut entry = entry.context("reading the root tarball")?;
         if !entry.header().entry_type().is_file() {
@@ -218,46 +220,75 @@ pub fn extract_boot_files(config: &Config, tar_path: &Path, dir: &Path) -> Resul
             .to_string_lossy()
             .trim_start_matches("./")
             .to_string();
-        if let Some(ver) = path.strip_prefix("boot/vmlinuz-") {
-            let out = dir.join(format!("vmlinuz-{ver}"));
-            entry.unpack(&out)?;
-            kernels.insert(ver.to_string(), out);
+        let out = if let Some(ver) = path.strip_prefix("boot/vmlinuz-") {
+            dir.join(format!("vmlinuz-{ver}"))
         } else if let Some(ver) = path.strip_prefix("boot/initrd.img-") {
-            let out = dir.join(format!("initrd.img-{ver}"));
-            entry.unpack(&out)?;
-            initrds.insert(ver.to_string(), out);
+            dir.join(format!("initrd.img-{ver}"))
         } else if path == format!("usr/lib/systemd/boot/efi/{sd_boot_name}") {
-            let out = dir.join(sd_boot_name);
-            entry.unpack(&out)?;
-            systemd_boot = Some(out);
+            dir.join(sd_boot_name)
         } else if let Some(name) = raspberry_pi_file(&path) {
             std::fs::create_dir_all(&pi_dir)?;
-            let out = pi_dir.join(&name);
-            entry.unpack(&out)?;
-            pi_files.push((name, out));
+            pi_dir.join(name)
         } else if path == "usr/lib/os-release" {
-            entry.read_to_string(&mut os_release)?;
+            dir.join(OS_RELEASE)
         } else if path == "var/lib/dpkg/status" {
-            entry.read_to_string(&mut status)?;
-        }
+            dir.join(DPKG_STATUS)
+        } else {
+            continue;
+        };
+        entry.unpack(&out)?;
     }
-    let Some((kernel_version, kernel)) = kernels.into_iter().next_back() else {
-        bail!(
-            "the root file system has no kernel in /boot; is [packages] kernel a kernel package?"
-        );
-    };
-    let Some(initrd) = initrds.remove(&kernel_version) else {
-        bail!("the root file system has no /boot/initrd.img-{kernel_version}; the initrd generator (dracut) did not run");
-    };
-    Ok(RootfsContents {
-        kernel_version,
-        kernel,
-        initrd,
-        systemd_boot,
-        os_release,
-        packages: parse_dpkg_status(&status),
-        raspberry_pi_files: pi_files,
-    })
+    RootfsContents::load(config, dir)
+}
+
+const PI_DIR: &str = "raspberry-pi";
+const OS_RELEASE: &str = "os-release";
+const DPKG_STATUS: &str = "dpkg-status";
+
+impl RootfsContents {
+    /// What [`extract_boot_files`] left in `dir`.
+    pub fn load(config: &Config, dir: &Path) -> Result<RootfsContents> {
+        let mut kernels: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut initrds: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for e in std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(ver) = name.strip_prefix("vmlinuz-") {
+                kernels.insert(ver.to_string(), e.path());
+            } else if let Some(ver) = name.strip_prefix("initrd.img-") {
+                initrds.insert(ver.to_string(), e.path());
+            }
+        }
+        let Some((kernel_version, kernel)) = kernels.into_iter().next_back() else {
+            bail!(
+                "the root file system has no kernel in /boot; is [packages] kernel a kernel package?"
+            );
+        };
+        let Some(initrd) = initrds.remove(&kernel_version) else {
+            bail!("the root file system has no /boot/initrd.img-{kernel_version}; the initrd generator (dracut) did not run");
+        };
+        let systemd_boot =
+            Some(dir.join(config.image.arch.systemd_boot_file())).filter(|p| p.is_file());
+        let mut raspberry_pi_files = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(dir.join(PI_DIR)) {
+            for e in entries.flatten() {
+                raspberry_pi_files.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+            }
+        }
+        raspberry_pi_files.sort();
+        let status = std::fs::read_to_string(dir.join(DPKG_STATUS)).unwrap_or_default();
+        Ok(RootfsContents {
+            kernel_version,
+            kernel,
+            initrd,
+            systemd_boot,
+            os_release: std::fs::read_to_string(dir.join(OS_RELEASE)).unwrap_or_default(),
+            packages: parse_dpkg_status(&status),
+            raspberry_pi_files,
+        })
+    }
 }
 
 /// The ESP name of a file the Raspberry Pi firmware needs, if `path` (in the root file system)

@@ -92,8 +92,7 @@ pub fn configured(config: &Config) -> Result<Option<SigningKey>> {
 /// Writes a new key pair `<dir>/<name>` (private, mode 0600) and `<dir>/<name>.pub`, and a
 /// `.gitignore` that keeps the private key out of git. Refuses to overwrite a key.
 pub fn generate(dir: &Path, name: &str, comment: &str) -> Result<(PathBuf, PathBuf)> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let private = dir.join(name);
     let public = dir.join(format!("{name}.pub"));
     for p in [&private, &public] {
@@ -135,7 +134,11 @@ mod tests {
         let (private, public) = generate(d.path(), "k", "test").unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&private).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "the private key is readable by others: {mode:o}");
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the private key is readable by others: {mode:o}"
+        );
         let key = SigningKey::load(&private).unwrap();
         let sig = key.sign(NAMESPACE_RELEASE, b"hello").unwrap();
         let trusted =
@@ -151,7 +154,9 @@ mod tests {
     #[test]
     fn ssh_keygen_verifies_our_signatures() {
         let Some(ssh_keygen) = crate::host::find_program("ssh-keygen") else {
-            panic!("ssh-keygen is needed: run `appliance doctor --install` (package openssh-client)");
+            panic!(
+                "ssh-keygen is needed: run `appliance doctor --install` (package openssh-client)"
+            );
         };
         let d = tempfile::tempdir().unwrap();
         let (private, public) = generate(d.path(), "k", "test").unwrap();
@@ -183,6 +188,9 @@ mod tests {
                 .success()
         };
         assert!(verify(NAMESPACE_RELEASE));
-        assert!(!verify("appliance-update"), "another namespace must be refused");
+        assert!(
+            !verify("appliance-update"),
+            "another namespace must be refused"
+        );
     }
 }

@@ -25,8 +25,13 @@ pub struct Checked {
 pub fn verify_outputs(dir: &Path, keys: &TrustedKeys) -> Result<Vec<Checked>> {
     let mut done = Vec::new();
     let sums_path = dir.join("SHA256SUMS");
-    let sums = std::fs::read(&sums_path)
-        .with_context(|| format!("{} is missing: is {} a build's output directory?", sums_path.display(), dir.display()))?;
+    let sums = std::fs::read(&sums_path).with_context(|| {
+        format!(
+            "{} is missing: is {} a build's output directory?",
+            sums_path.display(),
+            dir.display()
+        )
+    })?;
     let sig_path = dir.join("SHA256SUMS.sig");
     let sig = std::fs::read(&sig_path).with_context(|| {
         format!(
@@ -48,7 +53,10 @@ pub fn verify_outputs(dir: &Path, keys: &TrustedKeys) -> Result<Vec<Checked>> {
             bail!("SHA256SUMS, line {}: not `<sha256>  <file>`", n + 1);
         };
         if name.contains('/') || name.starts_with('.') {
-            bail!("SHA256SUMS, line {}: {name:?} is not a file of this directory", n + 1);
+            bail!(
+                "SHA256SUMS, line {}: {name:?} is not a file of this directory",
+                n + 1
+            );
         }
         let path = dir.join(name);
         let actual = signature::sha256_file(&path)
@@ -72,10 +80,16 @@ pub fn verify_outputs(dir: &Path, keys: &TrustedKeys) -> Result<Vec<Checked>> {
         let raw = raw_image(&files, &manifest)?;
         let root = root_hash_of_image(&raw)?;
         if root != expected {
-            bail!("the root file system in {} hashes to {root}, but the manifest says {expected}", raw.display());
+            bail!(
+                "the root file system in {} hashes to {root}, but the manifest says {expected}",
+                raw.display()
+            );
         }
         let cmdline = manifest["kernel_cmdline"].as_str().unwrap_or_default();
-        if !cmdline.split_whitespace().any(|a| a == format!("roothash={expected}")) {
+        if !cmdline
+            .split_whitespace()
+            .any(|a| a == format!("roothash={expected}"))
+        {
             bail!("the manifest's kernel command line does not boot root hash {expected}");
         }
         done.push(Checked {

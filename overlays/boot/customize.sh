@@ -12,12 +12,3 @@ fi
 
 chroot "$R" systemctl enable appliance-prepare-data.service appliance-firstboot.service \
     appliance-boot-report.service
-
-# The initrd must be able to set up dm-verity; stop the build here if it cannot.
-for initrd in "$R"/boot/initrd.img-*; do
-    [ -e "$initrd" ] || { echo "no initrd was generated in /boot" >&2; exit 1; }
-done
-if ! chroot "$R" lsinitrd "/boot/${initrd##*/}" 2>/dev/null | grep -q 'systemd-veritysetup'; then
-    kver=${initrd##*/initrd.img-}
-    chroot "$R" dracut --force --kver "$kver" "/boot/initrd.img-$kver"
-fi

@@ -97,7 +97,8 @@ fn key_data_fingerprint(data: &ssh_key::public::KeyData) -> String {
 /// The SHA-256 of a file as lower-case hex, read in pieces.
 pub fn sha256_file(path: &std::path::Path) -> Result<String> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -130,14 +131,20 @@ mod tests {
     #[test]
     fn wrong_namespace_key_or_content_is_refused() {
         let keys = TrustedKeys::parse(PUBLIC, "signing.pub").unwrap();
-        let e = keys.verify(NAMESPACE_UPDATE, MESSAGE, SIGNATURE).unwrap_err();
+        let e = keys
+            .verify(NAMESPACE_UPDATE, MESSAGE, SIGNATURE)
+            .unwrap_err();
         assert!(e.to_string().contains("made for something else"), "{e}");
         let mut changed = MESSAGE.to_vec();
         changed[0] ^= 1;
-        let e = keys.verify(NAMESPACE_RELEASE, &changed, SIGNATURE).unwrap_err();
+        let e = keys
+            .verify(NAMESPACE_RELEASE, &changed, SIGNATURE)
+            .unwrap_err();
         assert!(e.to_string().contains("changed after signing"), "{e}");
         let other = TrustedKeys::parse(OTHER_PUBLIC, "other.pub").unwrap();
-        let e = other.verify(NAMESPACE_RELEASE, MESSAGE, SIGNATURE).unwrap_err();
+        let e = other
+            .verify(NAMESPACE_RELEASE, MESSAGE, SIGNATURE)
+            .unwrap_err();
         assert!(e.to_string().contains("not trusted"), "{e}");
         assert!(keys.verify(NAMESPACE_RELEASE, MESSAGE, b"garbage").is_err());
     }

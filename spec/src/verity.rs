@@ -241,7 +241,8 @@ pub fn parse_superblock(block: &[u8]) -> Result<Superblock> {
     if block.len() < SUPERBLOCK_LEN || &block[0..8] != b"verity\0\0" {
         bail!("no dm-verity superblock (the hash partition is empty or damaged)");
     }
-    let u32_at = |o: usize| u32::from_le_bytes([block[o], block[o + 1], block[o + 2], block[o + 3]]);
+    let u32_at =
+        |o: usize| u32::from_le_bytes([block[o], block[o + 1], block[o + 2], block[o + 3]]);
     if u32_at(8) != 1 || u32_at(12) != 1 || &block[32..39] != b"sha256\0" {
         bail!("a dm-verity superblock of another format than v1/sha256");
     }
@@ -486,7 +487,10 @@ mod tests {
                 // No tree to compare: only the root hash tells, and it changed.
                 assert_ne!(hex::encode(corrupt.unwrap()), root);
             } else {
-                assert!(corrupt.is_err(), "{blocks} blocks: our verify passed corrupt data");
+                assert!(
+                    corrupt.is_err(),
+                    "{blocks} blocks: our verify passed corrupt data"
+                );
             }
         }
     }

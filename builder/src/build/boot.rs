@@ -1,18 +1,18 @@
-//! Stage 5: the boot files. Kernel, initrd and systemd-boot (and for the Pi its firmware) are
-//! taken out of the root tarball; the boot loaders say what goes on the ESP; the ESP is
-//! written, with the first-boot seed when `[firstboot]` is set.
+//! Stage 6: the boot files. Kernel, initrd and systemd-boot (and for the Pi its firmware) come
+//! from the package layer; the boot loaders say what goes on the ESP; the ESP is written, with
+//! the first-boot seed when `[firstboot]` is set.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use appliance_spec::esp::SEED_FILE;
 
-use super::packages::RootTarball;
+use super::packages::PackageLayer;
 use super::verity::RootVerity;
 use super::BuildCtx;
 use crate::bootloaders::{self, BootInputs};
 use crate::filesystems::esp::{self, EspFile, EspSource};
-use crate::rootfs::{self, RootfsContents};
+use crate::rootfs::RootfsContents;
 
 pub struct BootFiles {
     pub esp_img: PathBuf,
@@ -25,12 +25,11 @@ pub struct BootFiles {
 
 pub fn prepare(
     ctx: &mut BuildCtx,
-    root: &RootTarball,
+    packages: &PackageLayer,
     verity: &RootVerity,
 ) -> Result<(BootFiles, String)> {
     let config = ctx.config;
-    let boot_dir = ctx.fresh_dir("boot")?;
-    let contents = rootfs::extract_boot_files(config, &root.tar, &boot_dir)?;
+    let contents = packages.contents.clone();
     let inputs = BootInputs {
         arch: config.image.arch,
         board: config.image.board,

@@ -2,12 +2,13 @@
 //! reads as the table of contents (docs/architecture.md, "Stages"):
 //!
 //! 1. [`keys`]: the repositories' signing keys, checked against their pinned fingerprints;
-//! 2. [`packages`]: the root file system as a tarball (mmdebstrap), cached;
-//! 3. [`squashfs`]: the read-only root;
-//! 4. [`verity`]: its dm-verity hash tree and the root hash;
-//! 5. [`boot`]: kernel, initrd and boot loaders on the ESP;
-//! 6. [`disk`]: the partition table and every partition's content in one disk image;
-//! 7. [`outputs`]: compressed and converted copies, block map, manifest, checksums.
+//! 2. [`packages`]: the package layer, the installed packages as a tarball (cached);
+//! 3. [`system`]: the system layer, the features' files and hooks on top of it;
+//! 4. [`squashfs`]: the read-only root, packed from the system layer (cached);
+//! 5. [`verity`]: its dm-verity hash tree and the root hash;
+//! 6. [`boot`]: kernel, initrd and boot loaders on the ESP;
+//! 7. [`disk`]: the partition table and every partition's content in one disk image;
+//! 8. [`outputs`]: compressed and converted copies, block map, manifest, checksums.
 
 mod boot;
 mod cache;
@@ -17,6 +18,7 @@ mod keys;
 mod outputs;
 mod packages;
 mod squashfs;
+mod system;
 mod verity;
 
 use std::path::PathBuf;
@@ -24,7 +26,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde::Serialize;
 
-pub use cache::rootfs_cache_key;
+pub use cache::tree_hash;
 pub use context::{BuildCtx, Identifiers};
 
 use crate::config::Config;
@@ -47,14 +49,22 @@ pub struct BuildSummary {
     pub image: PathBuf,
     pub outputs: Vec<OutputFile>,
     pub root_hash: Option<String>,
-    pub rootfs_cached: bool,
+    /// The cache key of each layer and whether it came from the cache.
+    pub layers: Vec<LayerSummary>,
     pub timings: Vec<StageTiming>,
     pub total_seconds: f64,
 }
 
+#[derive(Debug, Serialize)]
+pub struct LayerSummary {
+    pub layer: &'static str,
+    pub key: String,
+    pub cached: bool,
+}
+
 /// Builds the image `config` describes into `opts.out_dir`.
 pub fn build(config: &Config, opts: &BuildOptions) -> Result<BuildSummary> {
-    let mut ctx = BuildCtx::new(config, opts, 7)?;
+    let mut ctx = BuildCtx::new(config, opts, 8)?;
     let result = run_stages(&mut ctx);
     if result.is_err() {
         ctx.progress.abort();
@@ -64,10 +74,11 @@ pub fn build(config: &Config, opts: &BuildOptions) -> Result<BuildSummary> {
 
 fn run_stages(ctx: &mut BuildCtx) -> Result<BuildSummary> {
     let keyrings = ctx.stage("keys", keys::verify)?;
-    let root = ctx.stage("packages", |c| packages::install(c, &keyrings))?;
-    let squashfs = ctx.stage("squashfs", |c| squashfs::make(c, &root))?;
+    let packages = ctx.stage("packages", |c| packages::install(c, &keyrings))?;
+    let system = ctx.stage("system", |c| system::assemble(c, &packages))?;
+    let squashfs = ctx.stage("squashfs", |c| squashfs::make(c, &system))?;
     let verity = ctx.stage("verity", |c| verity::compute(c, &squashfs))?;
-    let boot = ctx.stage("boot", |c| boot::prepare(c, &root, &verity))?;
+    let boot = ctx.stage("boot", |c| boot::prepare(c, &packages, &verity))?;
     let disk = ctx.stage("disk", |c| disk::write(c, &squashfs, &verity, &boot))?;
     let outputs = ctx.stage("outputs", |c| {
         outputs::write(c, disk, &squashfs, &verity, &boot)
@@ -76,7 +87,18 @@ fn run_stages(ctx: &mut BuildCtx) -> Result<BuildSummary> {
         image: outputs.image,
         outputs: outputs.files,
         root_hash: verity.root_hash(),
-        rootfs_cached: root.cached,
+        layers: vec![
+            LayerSummary {
+                layer: "packages",
+                key: packages.key.clone(),
+                cached: packages.cached,
+            },
+            LayerSummary {
+                layer: "system",
+                key: system.key.clone(),
+                cached: system.tree.is_none(),
+            },
+        ],
         total_seconds: ctx.progress.total_seconds(),
         timings: ctx.progress.timings.clone(),
     })

@@ -1,25 +1,37 @@
-//! Stage 2: the root file system as a tarball. mmdebstrap installs the packages, lays in every
-//! feature's files and the in-image program, and runs the features' customize hooks. The
-//! tarball is cached by a hash of all of that.
+//! Stage 2: the package layer. mmdebstrap installs the packages of the configuration and its
+//! features (with their install trees, debconf answers and package hooks) and writes the root
+//! as a tarball. It is cached by what shapes it, so a change to a feature's files or hooks
+//! does not install anything again.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
-use super::cache;
+use super::cache::{self, KeyBuilder};
 use super::keys::Keyrings;
 use super::BuildCtx;
+use crate::packages;
 use crate::progress::human_bytes;
-use crate::{admin_program, packages, rootfs};
+use crate::rootfs::{self, HookPaths, RootfsContents};
 
-/// The root file system, as a tarball mmdebstrap wrote.
-pub struct RootTarball {
-    pub tar: PathBuf,
+/// The package layer: the root tarball and what the later stages read out of it once.
+pub struct PackageLayer {
+    pub key: String,
+    pub dir: PathBuf,
     /// Taken from the cache rather than installed now.
     pub cached: bool,
+    pub contents: RootfsContents,
+    /// The features' hook files (the customize scripts run in the next stage).
+    pub hooks: HookPaths,
 }
 
-pub fn install(ctx: &mut BuildCtx, keyrings: &Keyrings) -> Result<(RootTarball, String)> {
+impl PackageLayer {
+    pub fn tar(&self) -> PathBuf {
+        self.dir.join("root.tar")
+    }
+}
+
+pub fn install(ctx: &mut BuildCtx, keyrings: &Keyrings) -> Result<(PackageLayer, String)> {
     let config = ctx.config;
     let deb_cache = ctx.cache_dir.join(format!(
         "debs/{}-{}",
@@ -29,50 +41,79 @@ pub fn install(ctx: &mut BuildCtx, keyrings: &Keyrings) -> Result<(RootTarball, 
     std::fs::create_dir_all(&deb_cache)?;
     let deb_cache = std::fs::canonicalize(&deb_cache)?;
     let hooks_dir = ctx.fresh_dir("hooks")?;
-    let overlay_dir = ctx.fresh_dir("overlay")?;
-    rootfs::render_feature_files(config, &ctx.features, &overlay_dir)?;
-    ctx.progress
-        .message("compiling the in-image program appliance-admin");
-    let progress = &ctx.progress;
-    admin_program::install(
-        config.image.arch,
-        &overlay_dir,
-        &ctx.cache_dir.join("cargo-target"),
-        |line| progress.message(line),
-    )?;
     let hooks = rootfs::write_hook_files(config, &ctx.features, &hooks_dir)?;
+    let layers = ctx
+        .cache_dir
+        .join("layers")
+        .join(format!("{}-{}", config.image.name, config.image.arch));
+    std::fs::create_dir_all(&layers)?;
+    let layers = std::fs::canonicalize(&layers)?;
+    // The plan names where the lists go; its key leaves such paths out.
+    let partial = layers.join("packages.partial");
     let plan = packages::plan(
         config,
         &ctx.features,
         keyrings,
         &hooks,
-        &overlay_dir,
         &deb_cache,
+        &partial.join("apt-lists"),
     )?;
-    let key =
-        cache::rootfs_cache_key(config, &plan.fingerprint_input, &[&overlay_dir, &hooks_dir])?;
-    let rootfs_cache = ctx.cache_dir.join("rootfs");
-    std::fs::create_dir_all(&rootfs_cache)?;
-    let cache_name = format!("{}-{}", config.image.name, config.image.arch);
-    let tar = rootfs_cache.join(format!("{cache_name}-{}.tar", &key[..16]));
-    if tar.exists() && !ctx.opts.refresh {
-        let note = format!("root file system from cache ({})", tar.display());
-        return Ok((RootTarball { tar, cached: true }, note));
+    let key = KeyBuilder::new("package layer")
+        .part(
+            "source date epoch",
+            config.image.source_date_epoch.to_string(),
+        )
+        .part("mmdebstrap", &plan.key_input)
+        .finish();
+    let dir = layers.join(format!("packages-{}", cache::short(&key)));
+    if dir.join("root.tar").is_file() && !ctx.opts.refresh {
+        cache::touch(&dir);
+        let contents = RootfsContents::load(config, &dir.join("boot"))?;
+        let note = format!("from cache (key {})", cache::short(&key));
+        return Ok((layer(key, dir, true, contents, hooks), note));
     }
-    let partial = tar.with_extension("tar.partial");
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)?;
+    }
+    std::fs::create_dir_all(partial.join("apt-lists"))?;
     let log = ctx.work.join("mmdebstrap.log");
     let _ = std::fs::remove_file(&log);
+    let tar = partial.join("root.tar");
     let progress = &ctx.progress;
-    packages::run_mmdebstrap(&plan, &partial, &log, |line| progress.message(line))?;
-    // Older root tarballs of this appliance are of no further use.
-    cache::remove_stale_tarballs(&rootfs_cache, &cache_name)?;
-    std::fs::rename(&partial, &tar)?;
+    packages::run_mmdebstrap(&plan, &tar, &log, |line| progress.message(line))?;
+    ctx.progress
+        .message("reading the boot files out of the root");
+    let contents = rootfs::extract_boot_files(config, &tar, &partial.join("boot"))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::rename(&partial, &dir)
+        .with_context(|| format!("storing the package layer in {}", dir.display()))?;
+    cache::prune(&layers, "packages-", &dir)?;
     let n = std::fs::read_dir(&deb_cache)
         .map(|d| d.count())
         .unwrap_or(0);
     let note = format!(
-        "{} root tarball; {n} packages in the host cache",
-        human_bytes(std::fs::metadata(&tar)?.len())
+        "{} root tarball, {} packages installed ({n} in the host cache); key {}",
+        human_bytes(std::fs::metadata(dir.join("root.tar"))?.len()),
+        contents.packages.len(),
+        cache::short(&key)
     );
-    Ok((RootTarball { tar, cached: false }, note))
+    Ok((layer(key, dir, false, contents, hooks), note))
+}
+
+fn layer(
+    key: String,
+    dir: PathBuf,
+    cached: bool,
+    contents: RootfsContents,
+    hooks: HookPaths,
+) -> PackageLayer {
+    PackageLayer {
+        key,
+        dir,
+        cached,
+        contents,
+        hooks,
+    }
 }

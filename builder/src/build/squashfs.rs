@@ -1,13 +1,15 @@
-//! Stage 3: the read-only root, a squashfs made straight from the root tarball.
+//! Stage 4: the read-only root, the system layer packed into a squashfs (cached by the system
+//! layer's key).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use appliance_spec::verity;
 
-use super::packages::RootTarball;
-use super::BuildCtx;
-use crate::filesystems::squashfs;
+use super::system::{self, SystemLayer};
+use super::{cache, BuildCtx};
+use crate::config::Config;
+use crate::filesystems::squashfs::{self, Settings};
 use crate::progress::human_bytes;
 
 pub struct Squashfs {
@@ -16,16 +18,39 @@ pub struct Squashfs {
     pub bytes: u64,
 }
 
-pub fn make(ctx: &mut BuildCtx, root: &RootTarball) -> Result<(Squashfs, String)> {
+/// The squashfs settings of a configuration, as words for the cache key.
+pub fn settings(config: &Config) -> Vec<String> {
+    squashfs_settings(config).args()
+}
+
+fn squashfs_settings(config: &Config) -> Settings {
+    Settings {
+        compression: config.root.compression.clone(),
+        level: config.root.compression_level,
+        block_size: config.root.block_size.0,
+    }
+}
+
+pub fn make(ctx: &mut BuildCtx, system: &SystemLayer) -> Result<(Squashfs, String)> {
     let config = ctx.config;
-    let path = ctx.work.join("root.squashfs");
-    squashfs::from_tar(
-        &root.tar,
-        &path,
-        &config.root.compression,
-        config.image.source_date_epoch,
-    )?;
-    let bytes = verity::pad_to_block(&path)?;
+    let path = system.squashfs.clone();
+    let note = if let Some(tree) = &system.tree {
+        let partial = path.with_extension("squashfs.partial");
+        squashfs::from_dir(
+            tree,
+            &partial,
+            &squashfs_settings(config),
+            config.image.source_date_epoch,
+        )?;
+        verity::pad_to_block(&partial)?;
+        std::fs::rename(&partial, &path)?;
+        system::remove_tree(tree)?;
+        cache::prune(&ctx.work, "system-", &path)?;
+        format!("({})", settings(config).join(" "))
+    } else {
+        "from cache".to_string()
+    };
+    let bytes = std::fs::metadata(&path)?.len();
     if bytes > config.root.slot_size.0 {
         bail!(
             "the root file system ({}) does not fit a root slot ([root] slot_size = {}); raise slot_size or install fewer packages",
@@ -33,10 +58,8 @@ pub fn make(ctx: &mut BuildCtx, root: &RootTarball) -> Result<(Squashfs, String)
             config.root.slot_size
         );
     }
-    let note = format!(
-        "{} squashfs ({})",
-        human_bytes(bytes),
-        config.root.compression
-    );
-    Ok((Squashfs { path, bytes }, note))
+    Ok((
+        Squashfs { path, bytes },
+        format!("{} squashfs {note}", human_bytes(bytes)),
+    ))
 }

@@ -57,15 +57,21 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
+        let cached: Vec<&str> = summary
+            .layers
+            .iter()
+            .filter(|l| l.cached)
+            .map(|l| l.layer)
+            .collect();
+        let note = if cached.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} layer from cache)", cached.join(" and "))
+        };
         eprintln!(
-            "built {} in {:.0} s{}",
+            "built {} in {:.0} s{note}",
             summary.image.display(),
-            summary.total_seconds,
-            if summary.rootfs_cached {
-                " (root file system from cache)"
-            } else {
-                ""
-            }
+            summary.total_seconds
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -30,7 +30,10 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let key_file = match args.key {
         Some(k) => k,
         None => {
-            let config = args.config.load().context("no --key given, so the configuration must name the signing key")?;
+            let config = args
+                .config
+                .load()
+                .context("no --key given, so the configuration must name the signing key")?;
             let private = crate::signing::configured(&config)?
                 .context("which key signed the outputs? pass --key FILE.pub")?;
             let mut p = private.path.into_os_string();

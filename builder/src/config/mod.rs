@@ -269,6 +269,10 @@ pub struct Root {
     pub verity: bool,
     /// squashfs compressor: zstd, xz, gzip or lz4.
     pub compression: String,
+    /// The compressor's level (zstd 1-22, xz and gzip 1-9); empty: mksquashfs's default.
+    pub compression_level: Option<u32>,
+    /// squashfs block size, 4K to 1M (a power of two).
+    pub block_size: Size,
     /// Size reserved for each root slot. Two slots are laid out (A and B) so a later update can
     /// write the next version beside the running one.
     pub slot_size: Size,
@@ -280,6 +284,8 @@ impl Default for Root {
             filesystem: "squashfs".into(),
             verity: true,
             compression: "zstd".into(),
+            compression_level: None,
+            block_size: Size(128 << 10),
             slot_size: Size(1 << 30),
         }
     }

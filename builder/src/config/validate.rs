@@ -118,6 +118,28 @@ impl Config {
                 "use zstd, xz, gzip or lz4",
             )?;
         }
+        if let Some(level) = self.root.compression_level {
+            let max = match self.root.compression.as_str() {
+                "zstd" => 22,
+                "xz" | "gzip" => 9,
+                _ => 0,
+            };
+            if !(1..=max).contains(&level) {
+                fail(
+                    "[root] compression_level",
+                    &level,
+                    "zstd takes 1 to 22, gzip and xz 1 to 9, lz4 none (leave it out)",
+                )?;
+            }
+        }
+        let b = self.root.block_size.0;
+        if !(4096..=1 << 20).contains(&b) || !b.is_power_of_two() {
+            fail(
+                "[root] block_size",
+                &self.root.block_size.to_string(),
+                "use a power of two from \"4K\" to \"1M\"",
+            )?;
+        }
         if self.image.board == Board::RaspberryPi && self.image.arch != Arch::Arm64 {
             bail!(
                 "{origin}: [image] board = \"raspberry-pi\" needs arch = \"arm64\" (Raspberry Pi 4; Debian 12's kernel does not support the Pi 5)"

@@ -1,47 +1,55 @@
-//! The read-only root: a squashfs image made straight from the root tarball.
+//! The read-only root: a squashfs image made with mksquashfs from the unpacked root.
 //!
-//! `mksquashfs - OUT -tar` reads the tar on stdin, so the tree is never unpacked on the host and
-//! the build needs no root rights for it. File owners, modes and capabilities come from the tar.
+//! File owners, modes, times and extended attributes (file capabilities) come from the tree;
+//! `SOURCE_DATE_EPOCH` fixes the file system's own time, so the same tree gives the same bytes.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 use crate::host;
 
-/// Builds `out` from `tar`. `compression` is one of zstd, xz, gzip, lz4.
-pub fn from_tar(tar: &Path, out: &Path, compression: &str, source_date_epoch: u64) -> Result<()> {
-    let input = std::fs::File::open(tar)
-        .with_context(|| format!("opening the root tarball {}", tar.display()))?;
-    let _ = std::fs::remove_file(out);
-    let mut cmd = Command::new("mksquashfs");
-    cmd.arg("-")
-        .arg(out)
-        .arg("-tar")
-        .args(["-comp", compression])
-        // The tar's "./" entry is skipped by mksquashfs, so give the root its mode explicitly.
-        .args(["-root-mode", "0755"])
-        .args(["-noappend", "-quiet", "-no-progress"])
-        .env("SOURCE_DATE_EPOCH", source_date_epoch.to_string())
-        .stdin(Stdio::from(input))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            anyhow::anyhow!("mksquashfs is not installed; run `appliance doctor --install` as root (package squashfs-tools)")
-        } else {
-            anyhow::anyhow!("cannot start mksquashfs: {e}")
+/// How to compress: `compression` is one of zstd, xz, gzip, lz4; `level` applies to zstd, xz
+/// (as `-Xdict-size`-free presets are not offered) and gzip; `block_size` in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub compression: String,
+    pub level: Option<u32>,
+    pub block_size: u64,
+}
+
+impl Settings {
+    /// mksquashfs's options for these settings.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = vec!["-comp".to_string(), self.compression.clone()];
+        if let Some(level) = self.level {
+            args.push("-Xcompression-level".into());
+            args.push(level.to_string());
         }
-    })?;
-    let out_put = child.wait_with_output().context("waiting for mksquashfs")?;
-    let stderr = String::from_utf8_lossy(&out_put.stderr);
-    if !out_put.status.success() {
-        bail!(
-            "mksquashfs failed ({}):\n{}",
-            out_put.status,
-            host::tail(&stderr, 20)
-        );
+        args.push("-b".into());
+        args.push(self.block_size.to_string());
+        args
     }
+}
+
+/// Packs the directory `tree` into `out`.
+pub fn from_dir(
+    tree: &Path,
+    out: &Path,
+    settings: &Settings,
+    source_date_epoch: u64,
+) -> Result<()> {
+    let _ = std::fs::remove_file(out);
+    host::run(
+        Command::new("mksquashfs")
+            .arg(tree)
+            .arg(out)
+            .args(settings.args())
+            // Each file system gets its own id table and no appended data from an earlier run.
+            .args(["-noappend", "-quiet", "-no-progress"])
+            .env("SOURCE_DATE_EPOCH", source_date_epoch.to_string()),
+    )
+    .with_context(|| format!("packing {} into {}", tree.display(), out.display()))?;
     Ok(())
 }
