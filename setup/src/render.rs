@@ -1,9 +1,11 @@
-//! Renders the runtime templates (/usr/share/appliance/templates/*.jinja) into /data/config.
+//! Renders the runtime templates (/usr/share/appliance/templates/*.jinja) into /data/config,
+//! in the project's one template dialect ([`appliance_spec::template`]).
 //!
 //! The template file name decides the target; the mapping lives in [`TEMPLATES`] only, so a new
-//! template needs one new line here. Files starting with `_` are partials (for `include`), not
-//! rendered on their own. Unknown templates are an error rather than silently ignored, so a
-//! template added to the image without a mapping is noticed at the first boot test.
+//! template needs one new line here. Files starting with `_` are partials (for `include` and
+//! `import`), not rendered on their own. Unknown templates are an error rather than silently
+//! ignored, so a template added to the image without a mapping is noticed at the first boot
+//! test. The templates' consumers check what they render in `setup/tests/config_*.rs`.
 
 use crate::answers::Answers;
 use crate::fsutil::{self, Owner};
@@ -11,7 +13,8 @@ use crate::paths::{self, Paths};
 use crate::secrets::Secrets;
 use anyhow::{bail, Context, Result};
 use appliance_spec::seed::LETSENCRYPT_DIRECTORY;
-use minijinja::{Environment, UndefinedBehavior};
+use appliance_spec::template;
+use minijinja::{AutoEscape, Environment};
 use serde::Serialize;
 use std::fs;
 
@@ -189,60 +192,79 @@ pub fn setup_context(paths: &Paths) -> SetupContext {
     }
 }
 
+/// The `*.jinja` files of the templates directory, loaded in the project's template dialect
+/// ([`appliance_spec::template::environment`]). Partials (`_*.jinja`) are loaded too, for
+/// `include` and `import`.
+pub struct Templates {
+    env: Environment<'static>,
+    names: Vec<String>,
+}
+
+impl Templates {
+    pub fn load(paths: &Paths) -> Result<Templates> {
+        let dir = paths.templates_dir();
+        let mut names = Vec::new();
+        let rd = fs::read_dir(&dir).with_context(|| {
+            format!(
+                "cannot read the templates directory {}",
+                paths.display(&dir)
+            )
+        })?;
+        for entry in rd {
+            let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".jinja") {
+                names.push(name);
+            }
+        }
+        names.sort();
+
+        let mut env = template::environment()?;
+        // These are configuration files, never HTML: values are checked by `_quote.jinja`, not
+        // escaped, and the output must not change with minijinja's cargo features (its `json`
+        // feature would JSON-escape everything printed in a `*.js.jinja` template).
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        for name in &names {
+            let src = fs::read_to_string(dir.join(name))
+                .with_context(|| format!("cannot read template {name}"))?;
+            env.add_template_owned(name.clone(), src)
+                .map_err(|e| anyhow::anyhow!("template {name} has a syntax error: {e:#}"))?;
+        }
+        Ok(Templates { env, names })
+    }
+
+    /// The templates rendered on their own (partials left out), sorted by name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !n.starts_with('_'))
+    }
+
+    /// The text of template `name` rendered with `ctx`.
+    pub fn render<C: Serialize>(&self, name: &str, ctx: &C) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template(name)
+            .map_err(|e| anyhow::anyhow!("template {name}: {e:#}"))?;
+        tmpl.render(minijinja::value::Serde(ctx))
+            .map_err(|e| anyhow::anyhow!("cannot render template {name}: {e:#}"))
+    }
+}
+
 /// Render every template of `phase` found in the templates directory; returns the targets
 /// written (relative to /data/config).
 pub fn render_all<C: Serialize>(paths: &Paths, phase: Phase, ctx: &C) -> Result<Vec<String>> {
-    let dir = paths.templates_dir();
-    let mut names = Vec::new();
-    let rd = fs::read_dir(&dir).with_context(|| {
-        format!(
-            "cannot read the templates directory {}",
-            paths.display(&dir)
-        )
-    })?;
-    for entry in rd {
-        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".jinja") {
-            names.push(name);
-        }
-    }
-    names.sort();
-
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    // Config files must end with the newline their template has.
-    // Otherwise Jinja's defaults (no trim_blocks/lstrip_blocks): templates use `{%-` themselves.
-    env.set_syntax(
-        minijinja::syntax::SyntaxConfig::builder()
-            .keep_trailing_newline(true)
-            .build()
-            .map_err(|e| anyhow::anyhow!("template syntax settings: {e}"))?,
-    );
-    for name in &names {
-        let src = fs::read_to_string(dir.join(name))
-            .with_context(|| format!("cannot read template {name}"))?;
-        env.add_template_owned(name.clone(), src)
-            .map_err(|e| anyhow::anyhow!("template {name} has a syntax error: {e:#}"))?;
-    }
-
+    let templates = Templates::load(paths)?;
     let mut written = Vec::new();
-    for name in &names {
-        if name.starts_with('_') {
-            continue;
-        }
+    for name in templates.names() {
         let Some(t) = lookup(name) else {
-            bail!("the template {name} in {} has no known target; add it to TEMPLATES in setup/src/render.rs", paths.display(&dir));
+            bail!("the template {name} in {} has no known target; add it to TEMPLATES in setup/src/render.rs", paths.display(&paths.templates_dir()));
         };
         if t.phase != phase {
             continue;
         }
-        let tmpl = env
-            .get_template(name)
-            .map_err(|e| anyhow::anyhow!("template {name}: {e:#}"))?;
-        let text = tmpl
-            .render(minijinja::value::Serde(ctx))
-            .map_err(|e| anyhow::anyhow!("cannot render template {name}: {e:#}"))?;
+        let text = templates.render(name, ctx)?;
         let target = paths.config_dir().join(t.target);
         let parent = target
             .parent()
@@ -400,35 +422,45 @@ mod tests {
     }
 
     #[test]
-    fn real_templates_render() {
-        // The templates shipped in the image must render with our context (strict undefined).
-        let repo_templates = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../overlays/firstboot/files/usr/share/appliance/templates");
-        if !repo_templates.is_dir() {
-            return;
-        }
+    fn values_are_printed_as_they_are() {
+        // Names minijinja auto-escapes by default (HTML; `.js` too with its `json` feature).
         let d = tempfile::tempdir().unwrap();
-        let paths = Paths::new(d.path());
-        fs::create_dir_all(paths.templates_dir().parent().unwrap()).unwrap();
-        std::os::unix::fs::symlink(&repo_templates, paths.templates_dir()).unwrap();
+        let paths = write_templates(
+            d.path(),
+            &[
+                ("jitsi-config.js.jinja", "{{ domain }}\n"),
+                ("page.html.jinja", "{{ domain }}\n"),
+            ],
+        );
         let mut a = answers();
-        for jitsi in [false, true] {
-            if jitsi {
-                fs::create_dir_all(paths.jitsi_index().parent().unwrap()).unwrap();
-                fs::write(paths.jitsi_index(), "").unwrap();
-                a.letsencrypt = Some(crate::answers::AcmeAnswers {
-                    email: "a@example.org".into(),
-                    directory: LETSENCRYPT_DIRECTORY.into(),
-                    ca_certificate: None,
-                });
-            }
-            render_all(
-                &paths,
-                Phase::Meeting,
-                &meeting_context(&paths, &a, &secrets()),
-            )
-            .unwrap();
-            render_all(&paths, Phase::Setup, &setup_context(&paths)).unwrap();
+        a.domain = "a<b>\"c'd&e".into();
+        let ctx = meeting_context(&paths, &a, &secrets());
+        let templates = Templates::load(&paths).unwrap();
+        for name in ["jitsi-config.js.jinja", "page.html.jinja"] {
+            assert_eq!(templates.render(name, &ctx).unwrap(), "a<b>\"c'd&e\n");
         }
+    }
+
+    #[test]
+    fn block_tags_take_their_line() {
+        // The project's dialect: a block tag's line leaves nothing behind, indented or not.
+        let d = tempfile::tempdir().unwrap();
+        let paths = write_templates(
+            d.path(),
+            &[(
+                "turnserver.conf.jinja",
+                "a\n{% set x = 1 %}\n  {% if true %}\nrealm={{ domain }}\n  {% endif %}\nb\n",
+            )],
+        );
+        render_all(
+            &paths,
+            Phase::Meeting,
+            &meeting_context(&paths, &answers(), &secrets()),
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read_to_string(paths.config_dir().join("coturn/turnserver.conf")).unwrap(),
+            "a\nrealm=meet.localhost\nb\n"
+        );
     }
 }
