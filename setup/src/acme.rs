@@ -9,7 +9,8 @@ use crate::fsutil;
 use crate::paths::{self, Paths};
 use crate::runner::Cmd;
 use crate::secrets::random_token;
-use crate::steps::{install_pair, Ctx};
+use crate::steps::Ctx;
+use crate::tls;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::{Read, Write};
@@ -212,12 +213,16 @@ pub fn install_issued(ctx: &mut Ctx, domain: &str, dehydrated_said: &str) -> Res
             dehydrated_said.trim()
         )
     })?;
-    if fs::read(ctx.paths.tls_cert()).ok().as_deref() == Some(chain.as_slice()) {
-        return Ok(Outcome::Unchanged);
-    }
     let key = fs::read(&privkey)
         .with_context(|| format!("cannot read {}", ctx.paths.display(&privkey)))?;
-    install_pair(ctx.paths, &chain, &key)?;
+    // Unchanged only when both are: a certificate in use with another key is repaired here.
+    let installed = |p: PathBuf| fs::read(p).ok();
+    if installed(ctx.paths.tls_cert()).as_deref() == Some(chain.as_slice())
+        && installed(ctx.paths.tls_key()).as_deref() == Some(key.as_slice())
+    {
+        return Ok(Outcome::Unchanged);
+    }
+    tls::install_pair(ctx.paths, &chain, &key)?;
     ctx.systemctl(&["reload-or-restart", "nginx.service"])?;
     ctx.systemctl(&["try-restart", "coturn.service"])?;
     Ok(Outcome::Installed)
@@ -352,9 +357,18 @@ mod tests {
         );
         assert_eq!(fs::read_to_string(paths.tls_cert()).unwrap(), "CHAIN");
         assert_eq!(fs::read_to_string(paths.tls_key()).unwrap(), "PRIV");
+        // The CA's certificate in use with another key (a renewal cut short): installed again.
+        crate::tls::install_pair(&paths, b"CHAIN", b"OTHER KEY").unwrap();
+        assert_eq!(
+            install_issued(&mut ctx, "meet.localhost", "").unwrap(),
+            Outcome::Installed
+        );
+        assert_eq!(fs::read_to_string(paths.tls_key()).unwrap(), "PRIV");
         assert_eq!(
             runner.lines(),
             vec![
+                "systemctl reload-or-restart nginx.service",
+                "systemctl try-restart coturn.service",
                 "systemctl reload-or-restart nginx.service",
                 "systemctl try-restart coturn.service"
             ]

@@ -9,10 +9,13 @@ use crate::fsutil;
 use crate::paths::Paths;
 use crate::render::{self, Phase};
 use crate::runner::Cmd;
+use crate::seedfile;
+use crate::sshkeys;
 use crate::steps::{self, Ctx};
+use crate::tls;
 use anyhow::{Context, Result};
 use appliance_spec::esp::SEED_FILE;
-use appliance_spec::seed::Seed;
+use appliance_spec::validate::escaped;
 use std::fs;
 
 /// Directories every later step (and nginx) expects.
@@ -32,6 +35,13 @@ pub fn create_dirs(paths: &Paths) -> Result<()> {
 pub fn run(ctx: &mut Ctx) -> Result<()> {
     let paths = ctx.paths.clone();
     create_dirs(&paths)?;
+    // nginx starts after this program: it must find a key and certificate that belong together.
+    // A failure here must not stop the rest of the boot (setup may still need to finish).
+    if let Err(e) = tls::check_at_boot(ctx) {
+        ctx.say(&format!(
+            "setup: the TLS key and certificate could not be repaired: {e:#}"
+        ));
+    }
 
     if paths.answers().exists() {
         // A seed dropped on the ESP after setup is not used, but it may hold passwords.
@@ -55,18 +65,25 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
         return steps::apply(ctx);
     }
     // A VPS started without a key from the build: the provider's metadata service may have the
-    // user's keys, which let them run the wizard over SSH.
-    if !has_admin_keys(&paths) {
-        let keys = paths
-            .metadata_service()
-            .map(cloud::keys_from)
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            steps::install_ssh_keys(&paths, &keys)?;
-            ctx.say(&format!(
-                "setup: {} SSH key(s) from the hosting provider's metadata installed for the admin account",
-                keys.len()
-            ));
+    // user's keys, which let them run the wizard over SSH. Only a known cloud is asked.
+    if sshkeys::installed(&paths)?.is_empty() {
+        let (id, keys) = cloud::provider_keys(&paths, paths.metadata_service());
+        match id.cloud {
+            None => ctx.say(&format!(
+                "setup: {}; no SSH key is taken from a metadata service",
+                id.why
+            )),
+            Some(c) => {
+                ctx.say(&format!("setup: {}", id.why));
+                let added = sshkeys::install(&paths, &keys)?;
+                if added.is_empty() {
+                    ctx.say(&format!(
+                        "setup: {}'s metadata service gave no SSH key",
+                        c.name()
+                    ));
+                }
+                sshkeys::announce(ctx, &format!("{}'s metadata service", c.name()), &added);
+            }
         }
     }
     if !paths.nginx_site().exists() {
@@ -77,101 +94,165 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-fn has_admin_keys(paths: &Paths) -> bool {
-    fs::read_to_string(paths.admin_authorized_keys())
-        .map(|t| {
-            t.lines()
-                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        })
-        .unwrap_or(false)
+/// Mount the ESP on /run/appliance/esp: read-only, or read-write when `rw`.
+fn mount_esp(ctx: &mut Ctx, rw: bool) -> Result<()> {
+    let paths = ctx.paths.clone();
+    let mnt = paths.esp_mount();
+    fsutil::ensure_dir(&mnt, 0o700, None)?;
+    let opts = format!(
+        "{},nosuid,nodev,noexec,umask=0077",
+        if rw { "rw" } else { "ro" }
+    );
+    ctx.runner.check(&Cmd::new("mount").args([
+        "-t",
+        "vfat",
+        "-o",
+        &opts,
+        &paths.esp_device().display().to_string(),
+        &mnt.display().to_string(),
+    ]))?;
+    Ok(())
 }
 
-/// Mount the ESP if there is one, handle the seed, unmount. Returns answers for a complete seed.
+fn umount_esp(ctx: &mut Ctx) {
+    let mnt = ctx.paths.esp_mount();
+    let _ = ctx
+        .runner
+        .check(&Cmd::new("umount").arg(mnt.display().to_string()));
+}
+
+/// What becomes of the seed once it was read.
+struct Outcome {
+    answers: Option<Answers>,
+    /// For a seed that cannot be used: the text of appliance-setup.toml.invalid.
+    invalid_copy: Option<String>,
+}
+
+/// Look for the seed on the ESP (mounted read-only), use it, then remove it (the ESP mounted
+/// read-write only for that). Returns answers for a complete seed.
 fn read_seed(ctx: &mut Ctx) -> Result<Option<Answers>> {
     let paths = ctx.paths.clone();
     if !paths.esp_device().exists() {
         return Ok(None);
     }
-    let mnt = paths.esp_mount();
-    fsutil::ensure_dir(&mnt, 0o700, None)?;
-    let mount = Cmd::new("mount").args([
-        "-t",
-        "vfat",
-        "-o",
-        "rw,nosuid,nodev,noexec,umask=0077",
-        &paths.esp_device().display().to_string(),
-        &mnt.display().to_string(),
-    ]);
-    if let Err(e) = ctx.runner.check(&mount) {
+    if let Err(e) = mount_esp(ctx, false) {
         ctx.say(&format!(
-            "setup: cannot look for appliance-setup.toml on the boot partition: {e:#}"
+            "setup: cannot look for {SEED_FILE} on the boot partition: {e:#}"
         ));
         return Ok(None);
     }
-    let result = handle_seed(ctx, &mnt.join(SEED_FILE));
-    let _ = ctx
-        .runner
-        .check(&Cmd::new("umount").arg(mnt.display().to_string()));
-    result
+    let seed_path = paths.esp_mount().join(SEED_FILE);
+    let read = fs::read(&seed_path);
+    umount_esp(ctx);
+    let bytes = match read {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            ctx.say(&format!(
+                "setup: cannot read {SEED_FILE} on the boot partition: {e}"
+            ));
+            return Ok(None);
+        }
+    };
+    let outcome = use_seed(ctx, &bytes)?;
+    remove_seed(ctx, outcome.invalid_copy.as_deref());
+    Ok(outcome.answers)
 }
 
-fn handle_seed(ctx: &mut Ctx, seed_path: &std::path::Path) -> Result<Option<Answers>> {
+/// Store what the seed says (answers, or keys and wizard defaults), or explain why it cannot
+/// be used. Nothing here quotes the file's text: it may hold passwords.
+fn use_seed(ctx: &mut Ctx, bytes: &[u8]) -> Result<Outcome> {
     let paths = ctx.paths.clone();
-    if !seed_path.exists() {
-        return Ok(None);
-    }
     if paths.answers().exists() {
-        fs::remove_file(seed_path)
-            .with_context(|| format!("cannot delete {}", seed_path.display()))?;
         ctx.say("setup: appliance-setup.toml was not used and is deleted: this machine is already set up (change it with appliance-admin)");
-        return Ok(None);
+        return Ok(Outcome {
+            answers: None,
+            invalid_copy: None,
+        });
     }
-    let checked = Seed::load(seed_path).and_then(|s| s.validate(SEED_FILE, &paths.zoneinfo()));
+    let text = String::from_utf8_lossy(bytes);
+    let checked = match std::str::from_utf8(bytes) {
+        Err(_) => Err(vec![format!(
+            "{SEED_FILE}: the file is not UTF-8 text; save it as UTF-8"
+        )]),
+        Ok(t) => seedfile::parse(t, SEED_FILE)
+            .map_err(|m| vec![m])
+            .and_then(|s| {
+                s.validate(SEED_FILE, &paths.zoneinfo())
+                    .map_err(|e| format!("{e:#}").lines().map(str::to_string).collect())
+            }),
+    };
     let seed = match checked {
         Ok(v) => v,
-        Err(e) => {
-            let invalid = seed_path.with_file_name(format!("{SEED_FILE}.invalid"));
-            let renamed = fs::rename(seed_path, &invalid).is_ok();
-            fsutil::sync_all();
+        Err(problems) => {
             ctx.say("setup: the file appliance-setup.toml on the boot partition cannot be used:");
-            for line in format!("{e:#}").lines() {
-                ctx.say(&format!("setup:   {line}"));
+            for p in &problems {
+                ctx.say(&format!("setup:   {}", escaped(p)));
             }
-            if renamed {
-                ctx.say("setup: it was renamed to appliance-setup.toml.invalid; answer the setup questions instead (on the console, or over SSH with: sudo appliance-admin wizard).");
-            }
-            return Ok(None);
+            ctx.say("setup: it is replaced by appliance-setup.toml.invalid, a copy without its passwords; answer the setup questions instead (on the console, or over SSH with: sudo appliance-admin wizard).");
+            return Ok(Outcome {
+                answers: None,
+                invalid_copy: Some(seedfile::redacted_copy(&text, &problems)),
+            });
         }
     };
     if seed.0.is_complete() {
         let answers = answers::from_seed(seed)?;
         // The seed holds passwords in clear: it goes as soon as its answers are stored.
         answers.save(&paths.answers())?;
-        fs::remove_file(seed_path)
-            .with_context(|| format!("cannot delete {}", seed_path.display()))?;
-        fsutil::sync_all();
-        return Ok(Some(answers));
+        return Ok(Outcome {
+            answers: Some(answers),
+            invalid_copy: None,
+        });
     }
     // Partial: keys now (so the admin can log in to run the wizard), the rest as defaults.
-    steps::install_ssh_keys(&paths, &seed.0.ssh_authorized_keys)?;
+    let added = sshkeys::install(&paths, &seed.0.ssh_authorized_keys)?;
+    sshkeys::announce(ctx, SEED_FILE, &added);
     answers::save_defaults(&seed.0, &paths.defaults())?;
-    fs::remove_file(seed_path).with_context(|| format!("cannot delete {}", seed_path.display()))?;
-    fsutil::sync_all();
     let dropped = seed.0.hosts.iter().any(|h| h.password.is_some());
     ctx.say("setup: appliance-setup.toml does not answer every question; its values are the defaults of the setup wizard.");
     if dropped {
         ctx.say("setup: host passwords from that file are not kept; the wizard asks for them.");
     }
-    Ok(None)
+    Ok(Outcome {
+        answers: None,
+        invalid_copy: None,
+    })
+}
+
+/// Mount the ESP read-write, leave the redacted copy if there is one, and erase the seed. A
+/// failure is said on the console; the next boot tries again (the seed is then "already used").
+fn remove_seed(ctx: &mut Ctx, invalid_copy: Option<&str>) {
+    let paths = ctx.paths.clone();
+    if let Err(e) = mount_esp(ctx, true) {
+        ctx.say(&format!("setup: cannot remove {SEED_FILE} from the boot partition ({e:#}); it may hold passwords in clear: delete it"));
+        return;
+    }
+    let seed_path = paths.esp_mount().join(SEED_FILE);
+    let result = (|| -> Result<()> {
+        if let Some(copy) = invalid_copy {
+            let invalid = seed_path.with_file_name(format!("{SEED_FILE}.invalid"));
+            fsutil::atomic_write_on_fat(&invalid, copy.as_bytes())?;
+        }
+        fsutil::erase_file(&seed_path)
+    })();
+    umount_esp(ctx);
+    if let Err(e) = result {
+        ctx.say(&format!("setup: cannot remove {SEED_FILE} from the boot partition ({e:#}); it may hold passwords in clear: delete it"));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::{Output, RecordingRunner};
+    use crate::runner::RecordingRunner;
     use crate::scram::AccountStore;
     use crate::steps::tests::machine;
     use crate::testkeys::ED25519;
+    use crate::tls::tests::fake_openssl;
+    use std::path::PathBuf;
+
+    const PASSWORD: &str = "Tulip-Harbor-42";
 
     fn with_esp(paths: &Paths, seed: Option<&str>) {
         fs::create_dir_all(paths.esp_device().parent().unwrap()).unwrap();
@@ -182,18 +263,11 @@ mod tests {
         }
     }
 
-    fn openssl_runner() -> RecordingRunner {
-        RecordingRunner::with_handler(|cmd| {
-            if cmd.program == "openssl" {
-                let pos = |f: &str| cmd.args.iter().position(|a| a == f).unwrap() + 1;
-                fs::write(&cmd.args[pos("-keyout")], "KEY").unwrap();
-                fs::write(&cmd.args[pos("-out")], "CERT").unwrap();
-            }
-            Ok(Output {
-                success: true,
-                ..Output::default()
-            })
-        })
+    /// A second name for the seed's inode: after boot it shows what is left in its blocks.
+    fn witness(paths: &Paths) -> PathBuf {
+        let w = paths.at("/witness");
+        fs::hard_link(paths.esp_mount().join(SEED_FILE), &w).unwrap();
+        w
     }
 
     fn boot(paths: &Paths, runner: &mut RecordingRunner) -> (Result<()>, String) {
@@ -205,6 +279,24 @@ mod tests {
             from_boot: true,
         });
         (r, String::from_utf8(out).unwrap())
+    }
+
+    /// Every file on the ESP, by name and content.
+    fn esp_files(paths: &Paths) -> Vec<(String, String)> {
+        fs::read_dir(paths.esp_mount())
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    fs::read_to_string(e.path()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn complete_seed(user: &str) -> String {
+        format!("domain = \"meet.localhost\"\nssh_authorized_keys = [\"{ED25519}\"]\n[[hosts]]\nname = \"{user}\"\npassword = \"{PASSWORD}\"\n")
     }
 
     #[test]
@@ -220,31 +312,55 @@ mod tests {
     }
 
     #[test]
-    fn complete_seed_is_applied_and_deleted() {
+    fn a_machine_that_names_no_cloud_takes_no_metadata_key() {
         let d = tempfile::tempdir().unwrap();
         let paths = machine(d.path());
-        let seed = format!("domain = \"meet.localhost\"\nssh_authorized_keys = [\"{ED25519}\"]\n[[hosts]]\nname = \"alice\"\npassword = \"Tulip-Harbor-42\"\n");
+        let dmi = paths.at("/sys/class/dmi/id");
+        fs::create_dir_all(&dmi).unwrap();
+        fs::write(dmi.join("sys_vendor"), "QEMU\n").unwrap();
+        fs::write(dmi.join("product_name"), "Standard PC (Q35 + ICH9, 2009)\n").unwrap();
+        let (r, out) = boot(&paths, &mut RecordingRunner::new());
+        r.unwrap();
+        assert!(out.contains("setup: this machine is not on a known cloud (DMI sys_vendor \"QEMU\", product_name \"Standard PC (Q35 + ICH9, 2009)\"); no SSH key is taken from a metadata service"), "{out}");
+        assert!(!paths.admin_authorized_keys().exists());
+    }
+
+    #[test]
+    fn complete_seed_is_applied_and_erased() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = machine(d.path());
+        let seed = complete_seed("alice");
         with_esp(&paths, Some(&seed));
-        let mut runner = openssl_runner();
+        let w = witness(&paths);
+        let mut runner = RecordingRunner::with_handler(fake_openssl);
         let (r, out) = boot(&paths, &mut runner);
         r.unwrap();
-        assert!(!paths.esp_mount().join(SEED_FILE).exists());
+        assert!(esp_files(&paths).is_empty(), "{:?}", esp_files(&paths));
+        assert_eq!(
+            fs::read(&w).unwrap(),
+            vec![0u8; seed.len()],
+            "overwritten before deletion"
+        );
         assert!(out.contains("setup: step 1/10"), "{out}");
+        assert!(out.contains("setup: SSH key for admin installed from the setup answers: 256 SHA256:SwoXeapOouC3yJjFIRyTQx6wVyhKVPnPbHY2MG2Cepo test@example (ED25519)"), "{out}");
         assert!(out.ends_with("setup: complete\n"), "{out}");
         assert!(paths.setup_done().exists());
         let answers = fs::read_to_string(paths.answers()).unwrap();
-        assert!(!answers.contains("Tulip-Harbor-42"));
+        assert!(!answers.contains(PASSWORD));
         assert!(AccountStore::open(&paths, "meet.localhost")
             .unwrap()
             .read("alice")
             .unwrap()
             .unwrap()
-            .verify("Tulip-Harbor-42"));
+            .verify(PASSWORD));
+        // Read with the ESP read-only; read-write only to erase the seed.
         let lines = runner.lines();
-        assert!(lines[0].starts_with("mount -t vfat"), "{lines:?}");
+        assert!(lines[0].starts_with("mount -t vfat -o ro,"), "{lines:?}");
         assert!(lines[1].starts_with("umount"), "{lines:?}");
+        assert!(lines[2].starts_with("mount -t vfat -o rw,"), "{lines:?}");
+        assert!(lines[3].starts_with("umount"), "{lines:?}");
 
-        // Next boot: configuration re-rendered, nothing else run.
+        // Next boot: the TLS pair is checked, the configuration re-rendered, nothing else run.
         fs::write(
             paths.templates_dir().join("nginx-site.conf.jinja"),
             "new {{ domain }}\n",
@@ -257,17 +373,21 @@ mod tests {
             fs::read_to_string(paths.nginx_site()).unwrap(),
             "new meet.localhost\n"
         );
-        // Only the ESP is looked at (for a seed dropped there later).
-        let lines = runner.lines();
-        assert_eq!(lines.len(), n + 2, "{lines:?}");
-        assert!(lines[n].starts_with("mount -t vfat"), "{lines:?}");
+        let lines = runner.lines()[n..].to_vec();
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(
+            lines[0].starts_with("openssl x509 -noout -pubkey"),
+            "{lines:?}"
+        );
+        assert!(lines[1].starts_with("openssl pkey -pubout"), "{lines:?}");
+        assert!(lines[2].starts_with("mount -t vfat -o ro,"), "{lines:?}");
         assert!(out.is_empty(), "{out}");
 
-        // A seed put on the ESP after setup is deleted unused (it may hold passwords).
-        with_esp(&paths, Some(&seed.replace("alice", "mallory")));
+        // A seed put on the ESP after setup is erased unused (it may hold passwords).
+        with_esp(&paths, Some(&complete_seed("mallory")));
         let (r, out) = boot(&paths, &mut runner);
         r.unwrap();
-        assert!(!paths.esp_mount().join(SEED_FILE).exists());
+        assert!(esp_files(&paths).is_empty());
         assert!(out.contains("already set up"), "{out}");
         assert!(AccountStore::open(&paths, "meet.localhost")
             .unwrap()
@@ -280,46 +400,96 @@ mod tests {
     fn partial_seed_becomes_defaults() {
         let d = tempfile::tempdir().unwrap();
         let paths = machine(d.path());
-        let seed = format!("domain = \"meet.localhost\"\nssh_authorized_keys = [\"{ED25519}\"]\n[[hosts]]\nname = \"alice\"\npassword = \"Tulip-Harbor-42\"\n[[hosts]]\nname = \"bob\"\n");
+        let seed = format!("domain = \"meet.localhost\"\nssh_authorized_keys = [\"{ED25519}\"]\n[[hosts]]\nname = \"alice\"\npassword = \"{PASSWORD}\"\n[[hosts]]\nname = \"bob\"\n");
         with_esp(&paths, Some(&seed));
+        let w = witness(&paths);
         let mut runner = RecordingRunner::new();
         let (r, out) = boot(&paths, &mut runner);
         r.unwrap();
-        assert!(!paths.esp_mount().join(SEED_FILE).exists());
+        assert!(esp_files(&paths).is_empty());
+        assert_eq!(fs::read(&w).unwrap(), vec![0u8; seed.len()]);
         assert_eq!(
             fs::read_to_string(paths.admin_authorized_keys()).unwrap(),
             format!("{ED25519}\n")
         );
+        assert!(out.contains("setup: SSH key for admin installed from appliance-setup.toml: 256 SHA256:SwoXeapOouC3yJjFIRyTQx6wVyhKVPnPbHY2MG2Cepo test@example (ED25519)"), "{out}");
         let defaults = fs::read_to_string(paths.defaults()).unwrap();
         assert!(
-            defaults.contains("meet.localhost") && !defaults.contains("Tulip"),
+            defaults.contains("meet.localhost") && !defaults.contains(PASSWORD),
             "{defaults}"
         );
         assert!(out.contains("passwords from that file are not kept"));
+        assert!(!out.contains(PASSWORD));
         assert!(!paths.answers().exists());
         assert_eq!(fs::read_to_string(paths.nginx_site()).unwrap(), "setup;\n");
     }
 
     #[test]
-    fn invalid_seed_is_renamed_and_explained() {
+    fn invalid_seed_is_replaced_and_explained() {
         let d = tempfile::tempdir().unwrap();
         let paths = machine(d.path());
         with_esp(&paths, Some("domain = \"192.168.1.1\"\n"));
         let mut runner = RecordingRunner::new();
         let (r, out) = boot(&paths, &mut runner);
         r.unwrap();
-        assert!(paths
-            .esp_mount()
-            .join("appliance-setup.toml.invalid")
-            .exists());
+        let files = esp_files(&paths);
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(files[0].0, "appliance-setup.toml.invalid");
+        assert!(
+            files[0].1.contains("domain = \"192.168.1.1\""),
+            "{}",
+            files[0].1
+        );
         assert!(
             out.contains(
                 "setup:   appliance-setup.toml: `domain`: \"192.168.1.1\" is an IP address"
             ),
             "{out}"
         );
-        assert!(out.contains("renamed to appliance-setup.toml.invalid"));
+        assert!(out.contains("replaced by appliance-setup.toml.invalid"));
         assert!(!paths.answers().exists());
+    }
+
+    #[test]
+    fn passwords_in_broken_seeds_reach_no_message_and_no_file() {
+        let misspelt = format!(
+            "domain = \"meet.localhost\"\n[[hosts]]\nname = \"alice\"\npasword = \"{PASSWORD}\"\n"
+        );
+        let syntax = format!(
+            "domain = \"meet.localhost\"\n[[hosts]]\nname = \"alice\"\npassword = \"{PASSWORD}\n"
+        );
+        let good = complete_seed("alice");
+        for (seed, expected) in [
+            (&misspelt, "setup:   appliance-setup.toml: line 4, column 1, key `pasword` in [[hosts]]: this key is not one the seed file knows"),
+            (&syntax, "setup:   appliance-setup.toml: line 4, column 28, key `password` in [[hosts]]: this is not valid TOML"),
+            (&good, "setup: complete"),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let paths = machine(d.path());
+            with_esp(&paths, Some(seed));
+            let w = witness(&paths);
+            let (r, out) = boot(&paths, &mut RecordingRunner::with_handler(fake_openssl));
+            r.unwrap();
+            assert!(out.contains(expected), "{out}");
+            assert!(!out.contains(PASSWORD), "{out}");
+            for (name, text) in esp_files(&paths) {
+                assert!(!text.contains(PASSWORD), "{name}: {text}");
+            }
+            assert!(!paths.esp_mount().join(SEED_FILE).exists());
+            assert_eq!(fs::read(&w).unwrap(), vec![0u8; seed.len()], "{seed}");
+        }
+    }
+
+    #[test]
+    fn a_mismatched_tls_pair_is_repaired_before_nginx_starts() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = machine(d.path());
+        tls::install_pair(&paths, b"CERT good", b"KEY good").unwrap();
+        tls::install_pair(&paths, b"CERT good", b"KEY renewed").unwrap();
+        let (r, out) = boot(&paths, &mut RecordingRunner::with_handler(fake_openssl));
+        r.unwrap();
+        assert!(out.contains("do not belong together"), "{out}");
+        assert_eq!(fs::read_to_string(paths.tls_key()).unwrap(), "KEY good");
     }
 
     #[test]

@@ -18,6 +18,15 @@ pub struct Owner {
 
 /// Write `data` to `path` so that readers see either the old or the new content, never a mix.
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32, owner: Option<Owner>) -> Result<()> {
+    replace(path, data, Some((mode, owner)))
+}
+
+/// [`atomic_write`] on a FAT file system (the ESP), which has no modes or owners to set.
+pub fn atomic_write_on_fat(path: &Path, data: &[u8]) -> Result<()> {
+    replace(path, data, None)
+}
+
+fn replace(path: &Path, data: &[u8], access: Option<(u32, Option<Owner>)>) -> Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
@@ -33,14 +42,16 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32, owner: Option<Owner>) -
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(mode)
+            .mode(access.map_or(0o600, |a| a.0))
             .open(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        // The umask may have removed bits; set the mode we asked for explicitly.
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
-        if let Some(o) = owner {
-            chown(&tmp, o)?;
+        if let Some((mode, owner)) = access {
+            // The umask may have removed bits; set the mode we asked for explicitly.
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
+            if let Some(o) = owner {
+                chown(&tmp, o)?;
+            }
         }
         f.write_all(data)
             .with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -94,6 +105,36 @@ pub fn remove_if_exists(path: &Path) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
     }
+}
+
+/// Overwrite a file's content with zeros (same length), flush it, then delete it and flush the
+/// directory. For the seed file on the FAT ESP: FAT rewrites a file in place, so the clear-text
+/// passwords do not stay behind in free clusters after the file is deleted.
+pub fn erase_file(path: &Path) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {} to erase it", path.display()))?;
+    let len = f
+        .metadata()
+        .with_context(|| format!("cannot read the size of {}", path.display()))?
+        .len();
+    let zeros = [0u8; 4096];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])
+            .with_context(|| format!("cannot overwrite {}", path.display()))?;
+        left -= n as u64;
+    }
+    f.sync_all()
+        .with_context(|| format!("cannot flush {}", path.display()))?;
+    drop(f);
+    fs::remove_file(path).with_context(|| format!("cannot delete {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Change owner. Only root may do that; unit tests run unprivileged and skip it.
@@ -192,6 +233,21 @@ mod tests {
         fs::write(&g, "root:x:0:\nturnserver:x:120:\n").unwrap();
         assert_eq!(lookup_group(&g, "turnserver").unwrap(), Some(120));
         assert_eq!(lookup_group(&d.path().join("none"), "x").unwrap(), None);
+    }
+
+    #[test]
+    fn erased_files_are_zeroed_before_they_go() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("seed.toml");
+        let text = "password = \"Tulip-Harbor-42\"\n";
+        fs::write(&p, text).unwrap();
+        // A second name for the same inode shows what is left in its blocks.
+        let witness = d.path().join("witness");
+        fs::hard_link(&p, &witness).unwrap();
+        erase_file(&p).unwrap();
+        assert!(!p.exists());
+        assert_eq!(fs::read(&witness).unwrap(), vec![0u8; text.len()]);
+        assert!(erase_file(&p).is_err(), "a missing file is an error");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use appliance_admin::hosts::{self, PasswordSource};
+use appliance_admin::lock::{self, WhenBusy};
 use appliance_admin::paths::Paths;
 use appliance_admin::runner::SystemRunner;
 use appliance_admin::steps::{self, Ctx};
@@ -146,6 +147,18 @@ fn run(cli: Cli) -> Result<()> {
     let paths = Paths::new(&cli.root);
     let mut stdout = std::io::stdout();
     let mut runner = SystemRunner;
+    // Commands that change the machine run one at a time. The boot waits (saying so); the
+    // others stop at once. The wizard locks once its answers are confirmed.
+    let _lock = match &cli.command {
+        Command::Boot => Some(lock::exclusive(&paths, WhenBusy::Wait, &mut stdout)?),
+        Command::Apply
+        | Command::Acme { .. }
+        | Command::Hosts {
+            action:
+                HostsCommand::Add { .. } | HostsCommand::Remove { .. } | HostsCommand::Passwd { .. },
+        } => Some(lock::exclusive(&paths, WhenBusy::Fail, &mut stdout)?),
+        _ => None,
+    };
     match cli.command {
         Command::Boot => boot::run(&mut Ctx {
             paths: &paths,

@@ -2,6 +2,10 @@
 //! appliance-idle.timer once setup is done. A meeting is in progress while a room on the
 //! conference MUC has an occupant other than jicofo's focus user. The time the machine has been
 //! idle since is kept in /run (RAM): nothing is written to disk, no log is kept.
+//!
+//! Unknown means in use: when Prosody cannot be asked, or its answer cannot be read, the
+//! machine stays on (and says so in the journal), whatever the policy says. Powering off in
+//! the middle of a meeting is worse than running an hour too long.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,6 +16,7 @@ use serde::Deserialize;
 use crate::answers::Answers;
 use crate::paths::Paths;
 use crate::runner::{Cmd, Runner};
+use appliance_spec::validate::escaped;
 
 /// `/data/config/power-off.toml`, written by setup from the answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -44,6 +49,8 @@ pub enum Decision {
     NoPolicy,
     /// A meeting is in progress (this many people in rooms).
     InUse(u32),
+    /// Nobody could tell whether a meeting is in progress: treated as in use.
+    Unknown(String),
     /// Idle, but not for long enough (minutes so far).
     Idle(u64),
     /// Power off now, and why.
@@ -96,18 +103,29 @@ fn occupants_lua(muc_domain: &str) -> String {
     )
 }
 
-/// People in meeting rooms right now, asked from Prosody through its admin socket. If Prosody
-/// is not running, nobody can be in a meeting.
-pub fn occupants(runner: &mut dyn Runner, muc_domain: &str) -> Result<u32> {
-    let out = runner.run(
-        &Cmd::new("prosodyctl")
-            .arg("shell")
-            .arg(occupants_lua(muc_domain)),
-    )?;
+/// People in meeting rooms right now, asked from Prosody through its admin socket. An error
+/// when that cannot be known (prosodyctl fails, or prints something else than the count).
+pub fn occupants(runner: &mut dyn Runner, muc_domain: &str) -> Result<u32, String> {
+    let out = runner
+        .run(
+            &Cmd::new("prosodyctl")
+                .arg("shell")
+                .arg(occupants_lua(muc_domain)),
+        )
+        .map_err(|e| format!("{e:#}"))?;
+    let said = || {
+        let text = if out.stderr.trim().is_empty() {
+            &out.stdout
+        } else {
+            &out.stderr
+        };
+        escaped(text.trim().lines().last().unwrap_or("no output"))
+    };
     if !out.success {
-        return Ok(0);
+        return Err(format!("`prosodyctl shell` failed: {}", said()));
     }
-    Ok(parse_occupants(&out.stdout).unwrap_or(0))
+    parse_occupants(&out.stdout)
+        .ok_or_else(|| format!("`prosodyctl shell` gave no number of people: {}", said()))
 }
 
 fn parse_occupants(text: &str) -> Option<u32> {
@@ -150,7 +168,18 @@ pub fn idle_check(
         return Ok(Decision::NoPolicy);
     }
     let answers = Answers::load(&paths.answers())?;
-    let people = occupants(runner, &format!("conference.{}", answers.domain))?;
+    let people = match occupants(runner, &format!("conference.{}", answers.domain)) {
+        Ok(n) => n,
+        Err(why) => {
+            // Start counting idle time again once it can be known.
+            let _ = std::fs::remove_file(&mark);
+            writeln!(
+                out,
+                "power-off: cannot tell whether a meeting is in progress ({why}); staying on"
+            )?;
+            return Ok(Decision::Unknown(why));
+        }
+    };
     let now = now_secs();
     let idle_secs = if people > 0 {
         let _ = std::fs::remove_file(&mark);
@@ -182,6 +211,7 @@ pub fn idle_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::{Output, RecordingRunner};
 
     fn policy(idle: u32, daily: Option<&str>) -> Policy {
         Policy {
@@ -229,6 +259,90 @@ mod tests {
         assert_eq!(parse_occupants("occupants=2\n| OK: "), Some(2));
         assert_eq!(parse_occupants("| Result: \"occupants=0\""), Some(0));
         assert_eq!(parse_occupants("Prosody is not running"), None);
+    }
+
+    /// A machine whose policy says "power off now" on both counts: idle for an hour with
+    /// `idle_minutes = 1`, and inside the daily window (the daily time is this minute).
+    fn due_for_power_off(root: &std::path::Path) -> Paths {
+        let paths = crate::steps::tests::machine(root);
+        crate::steps::tests::answers()
+            .save(&paths.answers())
+            .unwrap();
+        let m = local_minute_of_day();
+        std::fs::create_dir_all(paths.power_off().parent().unwrap()).unwrap();
+        std::fs::write(
+            paths.power_off(),
+            format!("idle_minutes = 1\ndaily_at = \"{}\"\n", fmt_minute(m)),
+        )
+        .unwrap();
+        let mark = paths.at("/run/appliance/idle-since");
+        std::fs::create_dir_all(mark.parent().unwrap()).unwrap();
+        std::fs::write(&mark, format!("{}\n", now_secs() - 3600)).unwrap();
+        paths
+    }
+
+    fn check_with(paths: &Paths, prosodyctl: Output) -> (Decision, Vec<String>, String) {
+        let mut runner = RecordingRunner::with_handler(move |cmd| {
+            Ok(if cmd.program == "prosodyctl" {
+                prosodyctl.clone()
+            } else {
+                Output {
+                    success: true,
+                    ..Output::default()
+                }
+            })
+        });
+        let mut out = Vec::new();
+        let d = idle_check(paths, &mut runner, &mut out).unwrap();
+        (d, runner.lines(), String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn when_prosody_cannot_tell_the_machine_stays_on() {
+        let failing = Output {
+            success: false,
+            stdout: String::new(),
+            stderr: "Prosody is not running\n".into(),
+        };
+        let garbage = Output {
+            success: true,
+            stdout: "| Result: nil\n\u{1b}[2J".into(),
+            stderr: String::new(),
+        };
+        for (prosodyctl, said) in [
+            (failing, "failed: Prosody is not running"),
+            (garbage, "gave no number of people"),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let paths = due_for_power_off(d.path());
+            let (decision, commands, out) = check_with(&paths, prosodyctl);
+            assert!(matches!(decision, Decision::Unknown(_)), "{decision:?}");
+            assert!(
+                !commands.iter().any(|c| c.contains("poweroff")),
+                "{commands:?}"
+            );
+            assert!(
+                out.contains("cannot tell whether a meeting is in progress"),
+                "{out}"
+            );
+            assert!(out.contains(said), "{out}");
+            assert!(out.contains("staying on"), "{out}");
+            assert!(!out.contains('\u{1b}'), "{out:?}");
+        }
+        // The same machine with a readable answer of nobody powers off: the setup above is
+        // really due.
+        let d = tempfile::tempdir().unwrap();
+        let paths = due_for_power_off(d.path());
+        let (decision, commands, _) = check_with(
+            &paths,
+            Output {
+                success: true,
+                stdout: "| Result: \"occupants=0\"\n".into(),
+                stderr: String::new(),
+            },
+        );
+        assert!(matches!(decision, Decision::PowerOff(_)), "{decision:?}");
+        assert!(commands.contains(&"systemctl poweroff --no-block".to_string()));
     }
 
     #[test]

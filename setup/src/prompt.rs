@@ -5,6 +5,7 @@
 
 use crate::answers::{AcmeAnswers, Answers, HostAnswer, PowerOffAnswers};
 use crate::scram;
+use crate::sshkeys;
 use crate::term::EchoOff;
 use anyhow::{bail, Result};
 use appliance_spec::seed::{LetsEncrypt, PowerOff, Seed, SeedHost};
@@ -19,8 +20,17 @@ pub struct Wizard<R: BufRead, W: Write> {
     /// Terminal to switch echo off on for passwords (None: scripted input).
     tty_fd: Option<RawFd>,
     zoneinfo: PathBuf,
-    /// Keys already in /data/ssh/authorized_keys/admin: then adding more is optional.
-    keys_present: usize,
+    /// Keys already in /data/ssh/authorized_keys/admin (from the build, a seed or the cloud's
+    /// metadata): shown, and kept unless the person says no.
+    installed_keys: Vec<String>,
+}
+
+/// Confirmed answers, and the installed keys the person chose to remove (before the answers'
+/// keys are added).
+#[derive(Debug)]
+pub struct Confirmed {
+    pub answers: Answers,
+    pub remove_keys: Vec<String>,
 }
 
 /// What the person confirmed (the password is only kept until it is hashed).
@@ -30,6 +40,8 @@ struct Round {
     password: String,
     email: Option<String>,
     keys: Vec<String>,
+    /// Remove the keys already installed.
+    remove_installed: bool,
     timezone: String,
     idle_minutes: u32,
     daily_at: Option<String>,
@@ -41,14 +53,14 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
         out: W,
         tty_fd: Option<RawFd>,
         zoneinfo: PathBuf,
-        keys_present: usize,
+        installed_keys: Vec<String>,
     ) -> Self {
         Wizard {
             input,
             out,
             tty_fd,
             zoneinfo,
-            keys_present,
+            installed_keys,
         }
     }
 
@@ -141,17 +153,37 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
         }
     }
 
-    fn ssh_keys(&mut self, defaults: &[String]) -> Result<Vec<String>> {
-        let mut keys: Vec<String> = defaults.to_vec();
-        let present = self.keys_present + keys.len();
+    /// The keys to add, and whether the installed ones go.
+    fn ssh_keys(&mut self, defaults: &[String]) -> Result<(Vec<String>, bool)> {
         self.say("")?;
+        self.say("SSH public keys let you log in as \"admin\" for maintenance.")?;
+        let installed = self.installed_keys.clone();
+        let mut keep = true;
+        if !installed.is_empty() {
+            self.say("These keys can log in as admin now (compare the fingerprints with `ssh-keygen -l -f KEY.pub` on your computer):")?;
+            for k in &installed {
+                self.say(&format!("  {}", sshkeys::describe(k)))?;
+            }
+            keep = self.yes_no("Keep these keys?", true)?;
+            if !keep {
+                self.say("  They will be removed when you confirm the settings.")?;
+            }
+        }
+        // Keys from a partial seed are installed already; offer only the others.
+        let mut keys: Vec<String> = defaults
+            .iter()
+            .filter(|k| !installed.iter().any(|i| sshkeys::same_key(i, k)))
+            .cloned()
+            .collect();
+        let present = if keep { installed.len() } else { 0 };
         self.say(
-            "SSH public keys let you log in as \"admin\" for maintenance. Paste one key per line",
+            "Paste one key per line (the contents of a .pub file, e.g. ~/.ssh/id_ed25519.pub)",
         )?;
-        self.say("(the contents of a .pub file, e.g. ~/.ssh/id_ed25519.pub) and finish with an empty line.")?;
-        if present > 0 {
+        self.say("and finish with an empty line.")?;
+        if present + keys.len() > 0 {
             self.say(&format!(
-                "{present} key(s) are already set up; an empty line keeps them."
+                "{} key(s) are already set up; an empty line keeps them.",
+                present + keys.len()
             ))?;
         }
         loop {
@@ -159,8 +191,8 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
             self.out.flush()?;
             let line = self.read_line()?;
             if line.trim().is_empty() {
-                if self.keys_present + keys.len() > 0 {
-                    return Ok(keys);
+                if present + keys.len() > 0 {
+                    return Ok((keys, !keep));
                 }
                 self.say("  At least one SSH key is needed: it is the only way to log in for maintenance.")?;
                 continue;
@@ -227,7 +259,7 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
             None => None,
         };
 
-        let keys = self.ssh_keys(&d.ssh_authorized_keys)?;
+        let (keys, remove_installed) = self.ssh_keys(&d.ssh_authorized_keys)?;
         let zoneinfo = self.zoneinfo.clone();
         self.say("")?;
         let timezone = self.ask(
@@ -268,6 +300,7 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
             password,
             email,
             keys,
+            remove_installed,
             timezone,
             idle_minutes,
             daily_at,
@@ -283,10 +316,15 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
             Some(e) => self.say(&format!("  Certificate:       Let's Encrypt, contact {e}"))?,
             None => self.say("  Certificate:       self-signed (browsers will warn)")?,
         }
+        let installed = self.installed_keys.len();
         self.say(&format!(
-            "  SSH keys:          {} new, {} already set up",
+            "  SSH keys:          {} new, {installed} already set up{}",
             r.keys.len(),
-            self.keys_present
+            if r.remove_installed && installed > 0 {
+                " (to be removed)"
+            } else {
+                ""
+            }
         ))?;
         self.say(&format!("  Time zone:         {}", r.timezone))?;
         let idle = if r.idle_minutes == 0 {
@@ -304,7 +342,7 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
 
     /// Ask everything, show a summary, and return confirmed answers. `claim` is called when the
     /// person confirms; returning false means another console confirmed first.
-    pub fn run(&mut self, defaults: &Seed, claim: &dyn Fn() -> bool) -> Result<Option<Answers>> {
+    pub fn run(&mut self, defaults: &Seed, claim: &dyn Fn() -> bool) -> Result<Option<Confirmed>> {
         let mut d = defaults.clone();
         loop {
             let r = self.one_round(&d)?;
@@ -323,7 +361,12 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
                         .unwrap_or_else(|| appliance_spec::seed::LETSENCRYPT_DIRECTORY.into()),
                     ca_certificate: le.ca_certificate.clone(),
                 });
-                return Ok(Some(Answers {
+                let remove_keys = if r.remove_installed {
+                    self.installed_keys.clone()
+                } else {
+                    Vec::new()
+                };
+                let answers = Answers {
                     domain: r.domain,
                     timezone: r.timezone,
                     ssh_authorized_keys: r.keys,
@@ -336,6 +379,10 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
                         idle_minutes: r.idle_minutes,
                         daily_at: r.daily_at,
                     },
+                };
+                return Ok(Some(Confirmed {
+                    answers,
+                    remove_keys,
                 }));
             }
             self.say("Starting over; your answers are offered as defaults.")?;
@@ -364,7 +411,7 @@ impl<R: BufRead, W: Write> Wizard<R, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkeys::ED25519;
+    use crate::testkeys::{ED25519, P256};
     use std::io::Cursor;
 
     fn zoneinfo() -> tempfile::TempDir {
@@ -378,12 +425,13 @@ mod tests {
     fn run(
         script: &[&str],
         defaults: &Seed,
-        keys_present: usize,
-    ) -> (Result<Option<Answers>>, String) {
+        installed: &[&str],
+    ) -> (Result<Option<Confirmed>>, String) {
         let z = zoneinfo();
         let input = Cursor::new(script.iter().map(|l| format!("{l}\n")).collect::<String>());
         let mut out = Vec::new();
-        let r = Wizard::new(input, &mut out, None, z.path().to_path_buf(), keys_present)
+        let installed = installed.iter().map(|k| k.to_string()).collect();
+        let r = Wizard::new(input, &mut out, None, z.path().to_path_buf(), installed)
             .run(defaults, &|| true);
         (r, String::from_utf8(out).unwrap())
     }
@@ -416,8 +464,8 @@ mod tests {
             "22:15",
             "y",
         ];
-        let (r, out) = run(&script, &Seed::default(), 0);
-        let a = r.unwrap().unwrap();
+        let (r, out) = run(&script, &Seed::default(), &[]);
+        let a = r.unwrap().unwrap().answers;
         assert_eq!(a.domain, "meet.example.org");
         assert_eq!(a.hosts[0].name, "alice");
         assert!(a.hosts[0].scram.verify("Tulip-Harbor-42"));
@@ -484,8 +532,8 @@ mod tests {
             "none",
             "y",
         ];
-        let (r, out) = run(&script, &defaults, 0);
-        let a = r.unwrap().unwrap();
+        let (r, out) = run(&script, &defaults, &[]);
+        let a = r.unwrap().unwrap().answers;
         assert!(out.contains("[meet.localhost]"), "{out}");
         assert!(out.contains("Starting over"));
         assert!(out.contains("[meet2.localhost]") || a.domain == "meet2.localhost");
@@ -506,21 +554,63 @@ mod tests {
             "Tulip-Harbor-42",
             "a@example.org",
             "n",
+            "", // keep the installed key
             "",
             "",
             "",
             "",
             "y",
         ];
-        let (r, out) = run(&script, &Seed::default(), 1);
-        assert!(r.unwrap().unwrap().letsencrypt.is_none());
+        let (r, out) = run(&script, &Seed::default(), &[ED25519]);
+        let c = r.unwrap().unwrap();
+        assert!(c.answers.letsencrypt.is_none());
+        assert!(c.remove_keys.is_empty());
         assert!(out.contains("self-signed certificate will be used"));
         assert!(out.contains("1 key(s) are already set up"));
     }
 
     #[test]
+    fn installed_keys_are_listed_and_can_be_removed() {
+        let from_metadata = format!("{} \u{1b}]0;evil\u{7}", &P256[..P256.rfind(' ').unwrap()]);
+        let script = [
+            "meet.localhost",
+            "alice",
+            "Tulip-Harbor-42",
+            "Tulip-Harbor-42",
+            "",
+            "maybe", // keep? not y/n
+            "n",     // remove the installed keys
+            "",      // refused: no key left
+            ED25519,
+            "",
+            "",
+            "",
+            "",
+            "y",
+        ];
+        let (r, out) = run(&script, &Seed::default(), &[&from_metadata]);
+        let c = r.unwrap().unwrap();
+        assert_eq!(c.remove_keys, vec![from_metadata.clone()]);
+        assert_eq!(c.answers.ssh_authorized_keys, vec![ED25519.to_string()]);
+        // Listed with the fingerprint ssh-keygen -l shows, without the comment's escapes.
+        assert!(
+            out.contains(
+                "  256 SHA256:g/hT7yqAmO/8i26YJxNUHrK4eLSLTLEA7Y8Z2GkvmmU no comment (ECDSA)\n"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains('\u{1b}'), "{out:?}");
+        assert!(out.contains("Keep these keys? [Y/n]: "), "{out}");
+        assert!(out.contains("At least one SSH key is needed"), "{out}");
+        assert!(
+            out.contains("1 new, 1 already set up (to be removed)"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn end_of_input_aborts() {
-        let (r, _) = run(&["meet.localhost"], &Seed::default(), 0);
+        let (r, _) = run(&["meet.localhost"], &Seed::default(), &[]);
         assert!(r.unwrap_err().to_string().contains("nothing was changed"));
     }
 
@@ -537,13 +627,20 @@ mod tests {
             "",
             "",
             "",
+            "",
             "y",
         ];
         let input = Cursor::new(script.iter().map(|l| format!("{l}\n")).collect::<String>());
         let mut out = Vec::new();
-        let r = Wizard::new(input, &mut out, None, z.path().to_path_buf(), 1)
-            .run(&Seed::default(), &|| false)
-            .unwrap();
+        let r = Wizard::new(
+            input,
+            &mut out,
+            None,
+            z.path().to_path_buf(),
+            vec![ED25519.to_string()],
+        )
+        .run(&Seed::default(), &|| false)
+        .unwrap();
         assert!(r.is_none());
         assert!(String::from_utf8(out).unwrap().contains("another console"));
     }

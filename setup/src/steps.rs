@@ -3,13 +3,15 @@
 
 use crate::acme;
 use crate::answers::Answers;
-use crate::fsutil::{self, Owner};
+use crate::fsutil;
 use crate::paths::{self, Paths};
 use crate::render::{self, Phase};
 use crate::runner::{Cmd, Runner};
 use crate::scram::{self, AccountStore};
 use crate::secrets::Secrets;
+use crate::sshkeys;
 use crate::state::State;
+use crate::tls;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::Write;
@@ -28,10 +30,6 @@ pub const STEPS: &[(&str, &str)] = &[
     ("letsencrypt", "Let's Encrypt certificate"),
     ("done", "finish"),
 ];
-
-/// Group allowed to read the TLS key: prosody and coturn both need it. Debian's ssl-cert group
-/// is the usual place; without it the key is root-only.
-pub const TLS_KEY_GROUP: &str = "ssl-cert";
 
 /// Everything a step may touch.
 pub struct Ctx<'a> {
@@ -100,7 +98,11 @@ pub fn apply(ctx: &mut Ctx) -> Result<()> {
 fn run_step(ctx: &mut Ctx, name: &str, answers: &Answers) -> Result<()> {
     match name {
         "secrets" => Secrets::load_or_create(&ctx.paths.secrets()).map(|_| ()),
-        "ssh-keys" => install_ssh_keys(ctx.paths, &answers.ssh_authorized_keys),
+        "ssh-keys" => {
+            let added = sshkeys::install(ctx.paths, &answers.ssh_authorized_keys)?;
+            sshkeys::announce(ctx, "the setup answers", &added);
+            Ok(())
+        }
         "timezone" => set_timezone(ctx.paths, &answers.timezone),
         "tls-self-signed" => self_signed(ctx, &answers.domain),
         "config" => render_config(ctx.paths, answers).map(|_| ()),
@@ -123,37 +125,6 @@ fn run_step(ctx: &mut Ctx, name: &str, answers: &Answers) -> Result<()> {
     }
 }
 
-/// Add the answered keys to /data/ssh/authorized_keys/admin, keeping keys already there.
-pub fn install_ssh_keys(paths: &Paths, keys: &[String]) -> Result<()> {
-    let file = paths.admin_authorized_keys();
-    let existing = match fs::read_to_string(&file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
-    };
-    // Compare by type and key data: the same key with another comment is not added twice.
-    let key_id = |l: &str| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-    let mut lines: Vec<String> = existing.lines().map(str::to_string).collect();
-    let mut changed = false;
-    for k in keys {
-        if !lines.iter().any(|l| key_id(l) == key_id(k)) {
-            lines.push(k.clone());
-            changed = true;
-        }
-    }
-    if !changed && file.exists() {
-        return Ok(());
-    }
-    // sshd StrictModes: root-owned, not group/world writable, all the way up.
-    fsutil::ensure_dir(&paths.at("/data/ssh"), 0o755, None)?;
-    fsutil::ensure_dir(&paths.authorized_keys_dir(), 0o755, None)?;
-    let mut text = lines.join("\n");
-    if !text.is_empty() {
-        text.push('\n');
-    }
-    fsutil::atomic_write(&file, text.as_bytes(), 0o644, None)
-}
-
 /// /data/config/localtime -> /usr/share/zoneinfo/<tz> (/etc/localtime links there).
 pub fn set_timezone(paths: &Paths, tz: &str) -> Result<()> {
     appliance_spec::validate::timezone(tz, &paths.zoneinfo()).map_err(|m| anyhow::anyhow!(m))?;
@@ -165,64 +136,12 @@ pub fn set_timezone(paths: &Paths, tz: &str) -> Result<()> {
     fsutil::atomic_symlink(&target, &paths.localtime())
 }
 
-/// Who may read the TLS key.
-pub fn tls_key_owner(paths: &Paths) -> Result<(u32, Option<Owner>)> {
-    Ok(
-        match fsutil::lookup_group(&paths.etc_group(), TLS_KEY_GROUP)? {
-            Some(gid) => (0o640, Some(Owner { uid: 0, gid })),
-            None => (0o600, None),
-        },
-    )
-}
-
 /// A self-signed certificate so HTTPS works before (or without) Let's Encrypt.
 fn self_signed(ctx: &mut Ctx, domain: &str) -> Result<()> {
-    let (cert, key) = (ctx.paths.tls_cert(), ctx.paths.tls_key());
-    // Key and cert are renamed key first, cert last: a cert without its key cannot remain.
-    if cert.exists() && key.exists() {
+    if tls::has_pair(ctx.paths) {
         return Ok(());
     }
-    let dir = ctx.paths.tls_dir();
-    fsutil::ensure_dir(&dir, 0o755, None)?;
-    let (tmp_key, tmp_cert) = (dir.join(".new-key.pem"), dir.join(".new-cert.pem"));
-    let _ = fs::remove_file(&tmp_key);
-    let _ = fs::remove_file(&tmp_cert);
-    let cmd = Cmd::new("openssl").args([
-        "req".to_string(),
-        "-x509".into(),
-        "-newkey".into(),
-        "ec".into(),
-        "-pkeyopt".into(),
-        "ec_paramgen_curve:prime256v1".into(),
-        "-nodes".into(),
-        "-days".into(),
-        "825".into(),
-        "-subj".into(),
-        format!("/CN={domain}"),
-        "-addext".into(),
-        format!("subjectAltName=DNS:{domain}"),
-        "-keyout".into(),
-        tmp_key.display().to_string(),
-        "-out".into(),
-        tmp_cert.display().to_string(),
-    ]);
-    ctx.runner.check(&cmd)?;
-    let key_pem = fs::read(&tmp_key)
-        .with_context(|| format!("openssl wrote no key to {}", tmp_key.display()))?;
-    let cert_pem = fs::read(&tmp_cert)
-        .with_context(|| format!("openssl wrote no certificate to {}", tmp_cert.display()))?;
-    install_pair(ctx.paths, &cert_pem, &key_pem)?;
-    let _ = fs::remove_file(&tmp_key);
-    let _ = fs::remove_file(&tmp_cert);
-    Ok(())
-}
-
-/// Replace tls/key.pem then tls/cert.pem, each atomically.
-pub fn install_pair(paths: &Paths, cert_pem: &[u8], key_pem: &[u8]) -> Result<()> {
-    fsutil::ensure_dir(&paths.tls_dir(), 0o755, None)?;
-    let (mode, owner) = tls_key_owner(paths)?;
-    fsutil::atomic_write(&paths.tls_key(), key_pem, mode, owner)?;
-    fsutil::atomic_write(&paths.tls_cert(), cert_pem, 0o644, None)
+    tls::make_self_signed(ctx, domain)
 }
 
 /// Render all meeting templates and write power-off.toml.
@@ -303,6 +222,7 @@ pub(crate) mod tests {
     use crate::answers::{HostAnswer, PowerOffAnswers};
     use crate::runner::{Output, RecordingRunner};
     use crate::testkeys::ED25519;
+    use crate::tls::tests::fake_openssl;
     use std::cell::Cell;
     use std::rc::Rc;
 
@@ -350,19 +270,6 @@ pub(crate) mod tests {
                 daily_at: Some("23:30".into()),
             },
         }
-    }
-
-    /// A runner whose openssl writes the files it was asked for.
-    fn fake_openssl(cmd: &Cmd) -> Result<Output> {
-        if cmd.program == "openssl" {
-            let pos = |flag: &str| cmd.args.iter().position(|a| a == flag).unwrap() + 1;
-            fs::write(&cmd.args[pos("-keyout")], "KEY").unwrap();
-            fs::write(&cmd.args[pos("-out")], "CERT").unwrap();
-        }
-        Ok(Output {
-            success: true,
-            ..Output::default()
-        })
     }
 
     #[test]
@@ -459,7 +366,7 @@ pub(crate) mod tests {
             fs::read_link(paths.localtime()).unwrap(),
             Path::new("/usr/share/zoneinfo/Europe/Berlin")
         );
-        assert_eq!(fs::read_to_string(paths.tls_cert()).unwrap(), "CERT");
+        assert_eq!(fs::read_to_string(paths.tls_cert()).unwrap(), "CERT new");
         assert_eq!(
             fs::read_to_string(paths.nginx_site()).unwrap(),
             "server_name meet.localhost;\n"
@@ -576,25 +483,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn ssh_keys_merge_without_duplicates() {
-        let d = tempfile::tempdir().unwrap();
-        let paths = Paths::new(d.path());
-        fs::create_dir_all(paths.authorized_keys_dir()).unwrap();
-        fs::write(
-            paths.admin_authorized_keys(),
-            "ssh-ed25519 AAAAexisting old@host\n",
-        )
-        .unwrap();
-        let again = ED25519.replace("test@example", "other-comment");
-        install_ssh_keys(&paths, &[ED25519.into(), again]).unwrap();
-        install_ssh_keys(&paths, &[ED25519.into()]).unwrap();
-        assert_eq!(
-            fs::read_to_string(paths.admin_authorized_keys()).unwrap(),
-            format!("ssh-ed25519 AAAAexisting old@host\n{ED25519}\n")
-        );
-    }
-
-    #[test]
     fn interrupted_certificate_is_regenerated() {
         let d = tempfile::tempdir().unwrap();
         let paths = machine(d.path());
@@ -610,7 +498,7 @@ pub(crate) mod tests {
             from_boot: false,
         };
         self_signed(&mut ctx, "meet.localhost").unwrap();
-        assert_eq!(fs::read_to_string(paths.tls_key()).unwrap(), "KEY");
+        assert_eq!(fs::read_to_string(paths.tls_key()).unwrap(), "KEY new");
         assert!(runner.lines()[0]
             .contains("-subj /CN=meet.localhost -addext subjectAltName=DNS:meet.localhost"));
     }

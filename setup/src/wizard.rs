@@ -1,11 +1,12 @@
 //! Running the wizard: on stdin/stdout (SSH login through sudo) or on every active console at
 //! once (appliance-wizard.service), where the first person to confirm wins.
 
-use crate::answers::Answers;
 use crate::fsutil;
+use crate::lock::{self, WhenBusy};
 use crate::paths::Paths;
-use crate::prompt::Wizard;
-use crate::runner::SystemRunner;
+use crate::prompt::{Confirmed, Wizard};
+use crate::runner::{Runner, SystemRunner};
+use crate::sshkeys;
 use crate::steps::{self, Ctx};
 use crate::term;
 use anyhow::{bail, Context, Result};
@@ -55,24 +56,28 @@ fn defaults(paths: &Paths) -> Seed {
     Seed::load(&paths.defaults()).unwrap_or_default()
 }
 
-fn keys_present(paths: &Paths) -> usize {
-    fs::read_to_string(paths.admin_authorized_keys())
-        .map(|t| {
-            t.lines()
-                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-/// Save confirmed answers and apply them, printing progress to `out`.
-fn save_and_apply(paths: &Paths, answers: &Answers, out: &mut dyn Write) -> Result<()> {
+/// Save confirmed answers and apply them, printing progress to `out`. Installed keys the
+/// person chose to drop go first, before the answers' keys are added.
+fn save_and_apply(
+    paths: &Paths,
+    confirmed: &Confirmed,
+    runner: &mut dyn Runner,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let _lock = lock::exclusive(paths, WhenBusy::Wait, out)?;
     fsutil::ensure_dir(&paths.appliance_dir(), 0o700, None)?;
-    answers.save(&paths.answers())?;
-    let mut runner = SystemRunner;
+    if !confirmed.remove_keys.is_empty() {
+        sshkeys::remove(paths, &confirmed.remove_keys)?;
+        writeln!(
+            out,
+            "setup: removed {} SSH key(s) that were installed before",
+            confirmed.remove_keys.len()
+        )?;
+    }
+    confirmed.answers.save(&paths.answers())?;
     steps::apply(&mut Ctx {
         paths,
-        runner: &mut runner,
+        runner,
         out,
         from_boot: false,
     })
@@ -89,6 +94,7 @@ fn already_answered(paths: &Paths, out: &mut dyn Write) -> Result<bool> {
             out,
             "The setup answers were already confirmed; finishing the setup."
         )?;
+        let _lock = lock::exclusive(paths, WhenBusy::Wait, out)?;
         let mut runner = SystemRunner;
         steps::apply(&mut Ctx {
             paths,
@@ -115,11 +121,11 @@ pub fn on_stdio(paths: &Paths) -> Result<()> {
         std::io::stdout(),
         tty,
         paths.zoneinfo(),
-        keys_present(paths),
+        sshkeys::installed(paths)?,
     )
     .run(&defaults(paths), &|| claim(paths))?;
     match answers {
-        Some(a) => save_and_apply(paths, &a, &mut stdout),
+        Some(a) => save_and_apply(paths, &a, &mut SystemRunner, &mut stdout),
         None => Ok(()),
     }
 }
@@ -238,7 +244,7 @@ fn console_wizard(
         writer,
         Some(fd),
         paths.zoneinfo(),
-        keys_present(paths),
+        sshkeys::installed(paths)?,
     )
     .run(&defaults(paths), &claim_fn)?;
     let Some(a) = answers else { return Ok(false) };
@@ -247,7 +253,7 @@ fn console_wizard(
         .map(|f| f.iter().filter_map(|x| x.try_clone().ok()).collect())
         .unwrap_or_default();
     let mut out = CrLf(AllConsoles(files));
-    save_and_apply(paths, &a, &mut out)
+    save_and_apply(paths, &a, &mut SystemRunner, &mut out)
         .map(|_| true)
         .inspect_err(|e| {
             let _ = writeln!(out, "setup: failed: {e:#}");
@@ -271,5 +277,43 @@ impl<W: Write> Write for CrLf<W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::RecordingRunner;
+    use crate::steps::tests::{answers, machine};
+    use crate::testkeys::{ED25519, P256};
+    use crate::tls::tests::fake_openssl;
+
+    #[test]
+    fn keys_the_person_declined_are_removed_before_the_new_ones_are_added() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = machine(d.path());
+        sshkeys::install(&paths, &[P256.to_string()]).unwrap();
+        let confirmed = Confirmed {
+            answers: answers(), // its key: ED25519
+            remove_keys: vec![P256.to_string()],
+        };
+        let mut out = Vec::new();
+        save_and_apply(
+            &paths,
+            &confirmed,
+            &mut RecordingRunner::with_handler(fake_openssl),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            sshkeys::installed(&paths).unwrap(),
+            vec![ED25519.to_string()]
+        );
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("setup: removed 1 SSH key(s) that were installed before"),
+            "{out}"
+        );
+        assert!(out.ends_with("setup: complete\n"), "{out}");
     }
 }

@@ -1,0 +1,261 @@
+//! The boot scripts that choose and prepare the data partition
+//! (overlays/boot/files/usr/lib/appliance/{root-disk,prepare-data.j2}), run by /bin/sh against a
+//! made-up /dev and /sys (APPLIANCE_SYSROOT) with stand-ins for the disk tools that record
+//! their calls. The machine has its root on sda and a second disk sdb with the same image.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MIB: usize = 1 << 20;
+
+fn overlay(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../overlays/boot/files")
+        .join(rel)
+}
+
+/// Render a `.j2` overlay file as the build does (data.label = "data").
+fn render(rel: &str) -> String {
+    let text = fs::read_to_string(overlay(rel)).unwrap();
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.render_str(
+        &text,
+        minijinja::context! { data => minijinja::context! { label => "data" }, tool_version => "test" },
+    )
+    .unwrap()
+}
+
+struct Machine {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    bin: PathBuf,
+    lib: PathBuf,
+    log: PathBuf,
+}
+
+impl Machine {
+    /// Root (dm-0) on sda3 and sda4; data partitions sda7 and sdb7, 2 MiB each, all zeros.
+    fn new() -> Machine {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let bin = dir.path().join("bin");
+        let lib = dir.path().join("lib");
+        let log = dir.path().join("log");
+        for d in [&bin, &lib] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let sys = root.join("sys");
+        fs::create_dir_all(sys.join("class/block")).unwrap();
+        fs::create_dir_all(sys.join("block/dm-0/slaves")).unwrap();
+        fs::create_dir_all(root.join("dev/mapper")).unwrap();
+        fs::create_dir_all(root.join("dev/disk/appliance")).unwrap();
+        fs::write(root.join("dev/dm-0"), "").unwrap();
+        symlink("../dm-0", root.join("dev/mapper/root")).unwrap();
+        for (disk, parts) in [("sda", &[3, 4, 7][..]), ("sdb", &[3, 4, 7][..])] {
+            fs::write(root.join("dev").join(disk), "").unwrap();
+            for n in parts {
+                let name = format!("{disk}{n}");
+                let d = sys.join(format!("devices/pci0/host0/block/{disk}/{name}"));
+                fs::create_dir_all(&d).unwrap();
+                fs::write(d.join("partition"), format!("{n}\n")).unwrap();
+                symlink(
+                    format!("../../devices/pci0/host0/block/{disk}/{name}"),
+                    sys.join("class/block").join(&name),
+                )
+                .unwrap();
+                fs::write(root.join("dev").join(&name), vec![0u8; 2 * MIB]).unwrap();
+            }
+        }
+        for slave in ["sda3", "sda4"] {
+            fs::write(sys.join("block/dm-0/slaves").join(slave), "").unwrap();
+        }
+        // The disk tools: record the call; blkid answers $FAKE_FSTYPE.
+        for tool in ["sfdisk", "partx", "mkfs.ext4", "udevadm"] {
+            stub(
+                &bin.join(tool),
+                "echo \"${0##*/} $*\" >> \"$LOG\"\ncat > /dev/null 2>&1 < /dev/null\n",
+            );
+        }
+        stub(
+            &bin.join("blkid"),
+            "echo \"blkid $*\" >> \"$LOG\"\n[ -n \"${FAKE_FSTYPE:-}\" ] || exit 2\necho \"$FAKE_FSTYPE\"\n",
+        );
+        fs::write(
+            lib.join("prepare-data"),
+            render("usr/lib/appliance/prepare-data.j2"),
+        )
+        .unwrap();
+        fs::copy(
+            overlay("usr/lib/appliance/root-disk"),
+            lib.join("root-disk"),
+        )
+        .unwrap();
+        for f in ["prepare-data", "root-disk"] {
+            fs::set_permissions(lib.join(f), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Machine {
+            _dir: dir,
+            root,
+            bin,
+            lib,
+            log,
+        }
+    }
+
+    /// Point /dev/disk/appliance/data at a partition, as the udev rule would.
+    fn data_link(&self, part: &str) {
+        symlink(
+            format!("../../{part}"),
+            self.root.join("dev/disk/appliance/data"),
+        )
+        .unwrap();
+    }
+
+    fn run(&self, script: &str, args: &[&str], fstype: &str) -> (bool, String, Vec<String>) {
+        let path = format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap());
+        let out = Command::new("sh")
+            .arg(self.lib.join(script))
+            .args(args)
+            .env("PATH", path)
+            .env("APPLIANCE_SYSROOT", &self.root)
+            .env("LOG", &self.log)
+            .env("FAKE_FSTYPE", fstype)
+            .output()
+            .unwrap();
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        let calls = log
+            .lines()
+            .map(|l| l.replace(&self.root.display().to_string(), ""))
+            .collect();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), said, calls)
+    }
+}
+
+fn stub(path: &Path, body: &str) {
+    fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn formatted(calls: &[String]) -> bool {
+    calls.iter().any(|c| c.starts_with("mkfs.ext4"))
+}
+
+#[test]
+fn the_root_disk_is_found_through_sysfs() {
+    let m = Machine::new();
+    let (ok, said, _) = m.run("root-disk", &[], "");
+    assert!(ok, "{said}");
+    assert_eq!(said, "sda\n");
+    assert!(m.run("root-disk", &["sda7"], "").0);
+    assert!(
+        !m.run("root-disk", &["sdb7"], "").0,
+        "another disk's partition"
+    );
+    assert!(!m.run("root-disk", &["sdz9"], "").0, "no such partition");
+    // A root spread over two disks is not trusted.
+    fs::write(m.root.join("sys/block/dm-0/slaves/sdb4"), "").unwrap();
+    let (ok, said, _) = m.run("root-disk", &[], "");
+    assert!(!ok);
+    assert!(said.contains("two disks"), "{said}");
+}
+
+#[test]
+fn a_never_used_data_partition_is_grown_and_formatted() {
+    let m = Machine::new();
+    m.data_link("sda7");
+    let (ok, said, calls) = m.run("prepare-data", &[], "");
+    assert!(ok, "{said}");
+    assert!(
+        calls.contains(&"sfdisk --quiet --relocate gpt-bak-std /dev/sda".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"sfdisk --quiet --no-reread --no-tell-kernel -N 7 /dev/sda".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"mkfs.ext4 -q -L data /dev/sda7".to_string()),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn an_existing_file_system_is_kept() {
+    let m = Machine::new();
+    m.data_link("sda7");
+    let (ok, said, calls) = m.run("prepare-data", &[], "ext4");
+    assert!(ok, "{said}");
+    assert!(!formatted(&calls), "{calls:?}");
+}
+
+#[test]
+fn a_partition_with_unknown_content_is_left_alone() {
+    let m = Machine::new();
+    m.data_link("sda7");
+    // A damaged ext4: no superblock blkid recognises, but data in the first MiB.
+    let mut bytes = vec![0u8; 2 * MIB];
+    bytes[4096..4200].fill(0x5a);
+    fs::write(m.root.join("dev/sda7"), bytes).unwrap();
+    let (ok, said, calls) = m.run("prepare-data", &[], "");
+    assert!(!ok);
+    assert!(!formatted(&calls), "{calls:?}");
+    assert!(said.contains("holds data but no file system"), "{said}");
+    assert!(said.contains("It is not formatted"), "{said}");
+
+    let (ok, said, calls) = m.run("prepare-data", &[], "xfs");
+    assert!(!ok && !formatted(&calls));
+    assert!(said.contains("holds a xfs file system"), "{said}");
+}
+
+#[test]
+fn another_disks_data_partition_is_never_touched() {
+    let m = Machine::new();
+    // Whatever made the link point there, the script checks the disk itself.
+    m.data_link("sdb7");
+    let (ok, said, calls) = m.run("prepare-data", &[], "");
+    assert!(!ok);
+    assert!(
+        calls.iter().all(|c| c.starts_with("udevadm settle")),
+        "nothing but waiting for udev: {calls:?}"
+    );
+    assert!(
+        said.contains("sdb7 is not on the disk the system was started from (sda)"),
+        "{said}"
+    );
+
+    let m = Machine::new();
+    let (ok, said, calls) = m.run("prepare-data", &[], "");
+    assert!(!ok);
+    assert!(!formatted(&calls));
+    assert!(
+        said.contains("(sda) has no partition labelled data"),
+        "{said}"
+    );
+}
+
+#[test]
+fn data_is_mounted_through_the_root_disks_own_link() {
+    let fstab = render("etc/fstab.j2");
+    let data: Vec<&str> = fstab
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("/data"))
+        .collect();
+    assert_eq!(data.len(), 1, "{fstab}");
+    assert!(data[0].starts_with("/dev/disk/appliance/data "), "{fstab}");
+    let rule = render("usr/lib/udev/rules.d/70-appliance-data.rules.j2");
+    assert!(rule.contains("ENV{ID_PART_ENTRY_NAME}!=\"data\", GOTO=\"appliance_data_end\""));
+    assert!(rule.contains(
+        "PROGRAM==\"/usr/lib/appliance/root-disk %k\", SYMLINK+=\"disk/appliance/data\""
+    ));
+    let unit = render("etc/systemd/system/appliance-prepare-data.service.j2");
+    assert!(unit.contains("After=dev-disk-appliance-data.device"));
+    assert!(unit.contains("Before=systemd-fsck@dev-disk-appliance-data.service"));
+}
