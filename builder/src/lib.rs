@@ -8,6 +8,7 @@
 pub mod admin_program;
 pub mod bootloaders;
 pub mod build;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod doctor;

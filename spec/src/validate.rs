@@ -527,6 +527,26 @@ pub fn time_of_day(input: &str) -> Result<String, String> {
     Ok(format!("{h:02}:{m:02}"))
 }
 
+/// A window of the day, `HH:MM-HH:MM` (it may run past midnight, as in `22:00-04:00`);
+/// returns it normalised.
+pub fn time_window(input: &str) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "\"{}\" is not a time window; write it as HH:MM-HH:MM, for example 02:00-05:00.",
+            shown(input.trim())
+        )
+    };
+    let (from, to) = input.trim().split_once('-').ok_or_else(bad)?;
+    let from = time_of_day(from).map_err(|_| bad())?;
+    let to = time_of_day(to).map_err(|_| bad())?;
+    if from == to {
+        return Err(format!(
+            "{from}-{to} is an empty window; give two different times."
+        ));
+    }
+    Ok(format!("{from}-{to}"))
+}
+
 pub const MAX_IDLE_MINUTES: u32 = 7 * 24 * 60;
 pub const MIN_IDLE_MINUTES: u32 = 1;
 

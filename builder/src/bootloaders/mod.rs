@@ -11,21 +11,11 @@ pub mod systemd_boot;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use appliance_spec::{esp, Arch, Board, Slot};
+use appliance_spec::{cmdline, esp, Arch, Board, Slot};
 
 use crate::filesystems::esp::{EspFile, EspSource};
 
-/// How the initrd finds and checks the root file system.
-pub enum RootSpec {
-    /// dm-verity: data and hash partitions found by PARTUUID, checked against the root hash.
-    Verity {
-        root_hash: String,
-        data_partuuid: uuid::Uuid,
-        hash_partuuid: uuid::Uuid,
-    },
-    /// An unverified squashfs partition.
-    Plain { partuuid: uuid::Uuid },
-}
+pub use appliance_spec::cmdline::RootSpec;
 
 /// Everything the boot loaders need to know about the image.
 pub struct BootInputs<'a> {
@@ -83,65 +73,14 @@ pub fn esp_files(inputs: &BootInputs) -> Result<Vec<EspFile>> {
     Ok(files)
 }
 
-/// The kernel command line for UEFI and BIOS boot: [`root_cmdline`] plus the consoles.
+/// The kernel command line for UEFI and BIOS boot.
 pub fn kernel_cmdline(arch: Arch, root: &RootSpec, extra: &[String]) -> String {
-    // Graphical console first, serial last: the last one becomes /dev/console.
-    format!(
-        "{} console={} console={},115200",
-        root_cmdline(root, extra),
-        arch.graphical_console(),
-        arch.serial_console()
-    )
+    cmdline::kernel_cmdline(arch, root, extra)
 }
 
 /// Everything on the kernel command line but the consoles, which differ between boards.
 pub fn root_cmdline(root: &RootSpec, extra: &[String]) -> String {
-    let mut args: Vec<String> = Vec::new();
-    match root {
-        RootSpec::Verity {
-            root_hash,
-            data_partuuid,
-            hash_partuuid,
-        } => {
-            args.push(format!("roothash={root_hash}"));
-            args.push(format!("systemd.verity_root_data=PARTUUID={data_partuuid}"));
-            args.push(format!("systemd.verity_root_hash=PARTUUID={hash_partuuid}"));
-            // A root that fails verification must not be used at all: stop rather than run
-            // with some files unreadable.
-            args.push("systemd.verity_root_options=panic-on-corruption".into());
-            args.push("root=/dev/mapper/root".into());
-        }
-        RootSpec::Plain { partuuid } => args.push(format!("root=PARTUUID={partuuid}")),
-    }
-    args.extend(
-        [
-            "rootfstype=squashfs",
-            "ro",
-            "apparmor=1",
-            "security=apparmor",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    args.extend(extra.iter().cloned());
-    args.join(" ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consoles_come_last_serial_after_graphical() {
-        let root = RootSpec::Plain {
-            partuuid: uuid::Uuid::from_u128(1),
-        };
-        let c = kernel_cmdline(Arch::X86_64, &root, &["quiet".into()]);
-        assert!(
-            c.ends_with("quiet console=tty0 console=ttyS0,115200"),
-            "{c}"
-        );
-        let c = kernel_cmdline(Arch::Arm64, &root, &[]);
-        assert!(c.ends_with("console=tty1 console=ttyAMA0,115200"), "{c}");
-    }
+    [cmdline::root_args(root), cmdline::system_args(extra)]
+        .concat()
+        .join(" ")
 }

@@ -69,7 +69,10 @@ pub fn config_txt() -> String {
 /// `cmdline.txt`: one line. The Pi's serial console is the mini UART, ttyS1 with upstream
 /// device trees.
 pub fn cmdline_txt(cmdline_without_consoles: &str) -> String {
-    format!("{cmdline_without_consoles} console=tty1 console=ttyS1,115200 rootwait\n")
+    format!(
+        "{cmdline_without_consoles} {}\n",
+        appliance_spec::cmdline::raspberry_pi_console_args().join(" ")
+    )
 }
 
 /// What the structural check found.

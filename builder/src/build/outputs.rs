@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use appliance_spec::bundle::{self, BundleManifest};
 use appliance_spec::layout::ALIGN;
 use appliance_spec::signature::NAMESPACE_RELEASE;
 
@@ -23,6 +24,56 @@ pub struct Outputs {
     pub image: PathBuf,
     /// Every output file, the manifest included.
     pub files: Vec<OutputFile>,
+}
+
+/// The signed update bundle `<name>-<version>.update` and the channel index pointing at it.
+fn update_bundle(
+    ctx: &BuildCtx,
+    key: &crate::signing::SigningKey,
+    disk: &mut Disk,
+    squashfs: &Squashfs,
+    verity: &RootVerity,
+    boot: &BootFiles,
+) -> Result<Vec<(String, PathBuf)>> {
+    let config = ctx.config;
+    let Some(root_hash) = verity.root_hash() else {
+        anyhow::bail!("update bundles need a verified root: set [root] verity = true, or leave [signing] key unset");
+    };
+    let manifest = BundleManifest {
+        format: bundle::FORMAT,
+        name: config.image.name.clone(),
+        version: config.image.version.clone(),
+        min_version: config.updates.min_version.clone(),
+        arch: config.image.arch,
+        board: config.image.board,
+        data_schema: appliance_spec::DATA_SCHEMA,
+        root_hash,
+        kernel_version: boot.contents.kernel_version.clone(),
+        cmdline: appliance_spec::cmdline::system_args(&config.boot.cmdline),
+        files: Vec::new(),
+    };
+    let name = format!("{}-{}.update", config.image.name, config.image.version);
+    let path = disk.staged.path(&name);
+    let manifest = crate::bundle::write(
+        &path,
+        manifest,
+        &[
+            (bundle::ROOT, squashfs.path.clone()),
+            (bundle::VERITY, verity.hash_file.clone()),
+            (bundle::KERNEL, boot.contents.kernel.clone()),
+            (bundle::INITRD, boot.contents.initrd.clone()),
+        ],
+        key,
+        config.image.source_date_epoch,
+    )?;
+    let index = disk.staged.path(bundle::CHANNEL_INDEX);
+    let index_sig = disk.staged.path(bundle::CHANNEL_SIGNATURE);
+    crate::bundle::write_channel_index(&index, &index_sig, &manifest, &name, &path, key)?;
+    Ok(vec![
+        (name, path),
+        (bundle::CHANNEL_INDEX.to_string(), index),
+        (bundle::CHANNEL_SIGNATURE.to_string(), index_sig),
+    ])
 }
 
 pub fn write(
@@ -78,6 +129,10 @@ pub fn write(
             .collect();
         formats::write_bmap_with(&raw, &path, &empty_starts)?;
         made.push((file, path));
+    }
+    if let Some(key) = &ctx.signing {
+        ctx.progress.message("writing the update bundle");
+        made.extend(update_bundle(ctx, key, &mut disk, squashfs, verity, boot)?);
     }
     let mut listed = Vec::new();
     for (file, path) in &made {

@@ -12,6 +12,8 @@ use super::cache::{self, KeyBuilder};
 use super::packages::PackageLayer;
 use super::BuildCtx;
 use crate::{admin_program, host, rootfs};
+use appliance_spec::release::{Release, UpdatePolicy, RELEASE_FILE, UPDATE_KEYS_FILE};
+use appliance_spec::signature::TrustedKeys;
 
 /// The root file system of the image, before it is packed.
 pub struct SystemLayer {
@@ -35,6 +37,7 @@ pub fn assemble(ctx: &mut BuildCtx, packages: &PackageLayer) -> Result<(SystemLa
         &ctx.cache_dir.join("cargo-target"),
         |line| progress.message(line),
     )?;
+    write_release(ctx, &overlay)?;
     let mut key = KeyBuilder::new("system layer")
         .part("package layer", &packages.key)
         .part("files", cache::tree_hash(&overlay)?)
@@ -111,6 +114,50 @@ pub fn assemble(ctx: &mut BuildCtx, packages: &PackageLayer) -> Result<(SystemLa
         tree: Some(tree),
     };
     Ok((layer, note))
+}
+
+/// Writes what the image says about itself (name, version, update policy) and the keys its
+/// updates must be signed with into the root; see [`appliance_spec::release`].
+fn write_release(ctx: &BuildCtx, overlay: &Path) -> Result<()> {
+    let config = ctx.config;
+    let ca_certificate = match &config.updates.ca_certificate {
+        Some(p) => Some(
+            std::fs::read_to_string(config.resolve(p))
+                .with_context(|| format!("cannot read [updates] ca_certificate {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let release = Release {
+        name: config.image.name.clone(),
+        version: config.image.version.clone(),
+        arch: config.image.arch,
+        board: config.image.board,
+        data_schema: appliance_spec::DATA_SCHEMA,
+        updates: UpdatePolicy {
+            url: config.updates.url.clone(),
+            window: config.updates.window.clone(),
+            ca_certificate,
+        },
+    };
+    let in_root = |machine_path: &str| overlay.join(machine_path.trim_start_matches('/'));
+    let path = in_root(RELEASE_FILE);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, toml::to_string(&release)?)?;
+    let mut keys = String::new();
+    for file in &config.updates.trusted_keys {
+        let file = config.resolve(file);
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read [updates] trusted_keys {}", file.display()))?;
+        TrustedKeys::parse(&text, &file.display().to_string())?;
+        keys.push_str(text.trim_end());
+        keys.push('\n');
+    }
+    if !keys.is_empty() {
+        std::fs::write(in_root(UPDATE_KEYS_FILE), keys)?;
+    }
+    Ok(())
 }
 
 /// Runs `script ROOT` with /proc, /sys and /dev mounted in ROOT, in a mount namespace of its

@@ -38,6 +38,9 @@ pub struct Config {
     /// The key that signs the outputs and update bundles.
     #[serde(default)]
     pub signing: Signing,
+    /// Who machines accept updates from, and where they fetch them.
+    #[serde(default)]
+    pub updates: Updates,
     /// First-boot answers (domain, hosts, SSH keys, ...) written to the ESP as
     /// `appliance-setup.toml`; the schema is the in-image program's seed file.
     #[serde(default)]
@@ -57,6 +60,10 @@ pub struct Config {
 pub struct Image {
     /// Base name of the output files: `out/<name>.raw`.
     pub name: String,
+    /// The image's version, numbers and dots (`1.4.2`): update bundles are named after it, and
+    /// a machine refuses a bundle older than what it runs.
+    #[serde(default = "default_version")]
+    pub version: Version,
     #[serde(default)]
     pub arch: Arch,
     /// `generic` (UEFI/BIOS machines, VPS, clouds) or `raspberry-pi` (arm64 only: the ESP also
@@ -72,7 +79,9 @@ pub struct Image {
     pub source_date_epoch: u64,
 }
 
+pub use appliance_spec::version::Version;
 pub use appliance_spec::{Arch, Board};
+use std::str::FromStr;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Format {
@@ -107,6 +116,10 @@ impl Format {
             Format::Bmap => "bmap",
         }
     }
+}
+
+fn default_version() -> Version {
+    Version::from_str("1.0.0").expect("a valid version")
 }
 
 fn default_formats() -> Vec<Format> {
@@ -211,6 +224,23 @@ pub struct Signing {
     /// The private signing key (OpenSSH ed25519, made by `appliance key generate`); without
     /// it, `$APPLIANCE_SIGNING_KEY`. Never inside the repository or a feature folder.
     pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Updates {
+    /// Public key files (`.pub`); an update bundle must be signed by one of them. They are
+    /// baked into the verified root.
+    pub trusted_keys: Vec<PathBuf>,
+    /// An update channel (https://...): machines check `index.json` there daily and install a
+    /// newer bundle by themselves.
+    pub url: Option<String>,
+    /// When a machine may reboot into an update it fetched, `"HH:MM-HH:MM"` local time.
+    pub window: Option<String>,
+    /// A PEM file with the CA certificate of the channel's HTTPS, for a private CA.
+    pub ca_certificate: Option<PathBuf>,
+    /// The oldest version the bundles of this build may replace.
+    pub min_version: Option<Version>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

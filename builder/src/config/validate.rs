@@ -177,6 +177,23 @@ impl Config {
             )?;
         }
         self.validate_repositories(origin)?;
+        if let Some(url) = &self.updates.url {
+            if !url.starts_with("https://") || !url_ok(url) {
+                fail(
+                    "[updates] url",
+                    url,
+                    "use an https:// URL (the channel's index.json is fetched from there)",
+                )?;
+            }
+            if self.updates.trusted_keys.is_empty() {
+                bail!("{origin}: [updates] url is set but trusted_keys is empty: machines could not check what they fetch; add the .pub of your signing key");
+            }
+        }
+        if let Some(w) = &self.updates.window {
+            if appliance_spec::validate::time_window(w).is_err() {
+                fail("[updates] window", w, "write the hours a machine may reboot into an update as \"HH:MM-HH:MM\", e.g. \"02:00-05:00\"")?;
+            }
+        }
         if self.jitsi.enabled && self.jitsi.repository.is_none() && self.jitsi.debs.is_none() {
             bail!("{origin}: [jitsi] enabled = true needs `repository` or `debs` (a directory of .deb files)");
         }
