@@ -107,11 +107,5 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn opts(bench_dir: &std::path::Path, out_dir: &std::path::Path) -> BuildOptions {
-    BuildOptions {
-        out_dir: out_dir.to_path_buf(),
-        build_dir: bench_dir.join("work"),
-        refresh: false,
-        json: false,
-        zstd_level: 6,
-    }
+    BuildOptions::new(out_dir, bench_dir.join("work"))
 }

@@ -80,6 +80,111 @@ pub fn install(
     Ok(())
 }
 
+/// A crate compiled into the program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crate {
+    pub name: String,
+    pub version: String,
+    /// The `license` of its Cargo.toml.
+    pub license: Option<String>,
+    /// The SHA-256 of the crate file, from Cargo.lock (none for the workspace's own crates).
+    pub checksum: Option<String>,
+}
+
+/// The crates linked into `appliance-admin` for `arch`: its normal dependencies for that
+/// target, without build-time-only crates (build scripts' dependencies, procedural macros).
+pub fn crates(arch: Arch, offline: bool) -> Result<Vec<Crate>> {
+    let workspace = workspace_dir();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&workspace)
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .args(["--filter-platform", rust_target(arch)]);
+    if offline {
+        cmd.arg("--offline");
+    }
+    let out = host::run(&mut cmd).context("listing the crates of appliance-admin")?;
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let lock: toml::Table = toml::from_str(
+        &std::fs::read_to_string(workspace.join("Cargo.lock")).context("reading Cargo.lock")?,
+    )?;
+    let checksums: std::collections::HashMap<(String, String), String> = lock
+        .get("package")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                (
+                    p.get("name")?.as_str()?.to_string(),
+                    p.get("version")?.as_str()?.to_string(),
+                ),
+                p.get("checksum")?.as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let packages: std::collections::HashMap<&str, &serde_json::Value> = meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["id"].as_str()?, p)))
+        .collect();
+    let nodes: std::collections::HashMap<&str, &serde_json::Value> = meta["resolve"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| Some((n["id"].as_str()?, n)))
+        .collect();
+    let root = packages
+        .values()
+        .find(|p| p["name"] == "appliance-admin")
+        .and_then(|p| p["id"].as_str())
+        .context("cargo metadata does not list appliance-admin")?;
+    let is_proc_macro = |p: &serde_json::Value| {
+        p["targets"].as_array().is_some_and(|ts| {
+            ts.iter().all(|t| {
+                t["kind"]
+                    .as_array()
+                    .is_some_and(|k| k.iter().any(|k| k == "proc-macro"))
+            })
+        })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stack = vec![root];
+    let mut out = Vec::new();
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        let Some(node) = nodes.get(id) else { continue };
+        for dep in node["deps"].as_array().into_iter().flatten() {
+            let normal = dep["dep_kinds"]
+                .as_array()
+                .is_some_and(|ks| ks.iter().any(|k| k["kind"].is_null()));
+            if let (true, Some(pkg)) = (normal, dep["pkg"].as_str()) {
+                if packages.get(pkg).is_some_and(|p| !is_proc_macro(p)) {
+                    stack.push(pkg);
+                }
+            }
+        }
+        if id == root {
+            continue;
+        }
+        if let Some(p) = packages.get(id) {
+            let name = p["name"].as_str().unwrap_or_default().to_string();
+            let version = p["version"].as_str().unwrap_or_default().to_string();
+            out.push(Crate {
+                checksum: checksums.get(&(name.clone(), version.clone())).cloned(),
+                license: p["license"].as_str().map(str::to_string),
+                name,
+                version,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+    Ok(out)
+}
+
 fn compile(arch: Arch, target_dir: &Path, on_line: &mut impl FnMut(&str)) -> Result<PathBuf> {
     let workspace = workspace_dir();
     let manifest = workspace.join("setup/Cargo.toml");

@@ -44,6 +44,15 @@ impl Check {
 /// (what, package, from backports, purpose). Paths are checked as files, the rest as programs.
 const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
     ("mmdebstrap", "mmdebstrap", false, "build"),
+    // Locked builds install from a local repository of the locked packages.
+    ("apt-ftparchive", "apt-utils", false, "build"),
+    // The keys Debian's archive is signed with (mmdebstrap and the lock use them).
+    (
+        "/usr/share/keyrings/debian-archive-keyring.gpg",
+        "debian-archive-keyring",
+        false,
+        "build",
+    ),
     ("mksquashfs", "squashfs-tools", false, "build"),
     ("gpg", "gpg", false, "build"),
     ("curl", "curl", false, "build"),

@@ -140,9 +140,14 @@ pub struct ManifestVerity {
 #[derive(Debug, Clone, Serialize)]
 pub struct Manifest {
     pub name: String,
+    /// `[image] version`.
+    pub version: String,
     pub tool: String,
     pub tool_version: String,
+    /// The configuration's hash, without its secrets.
     pub config_hash: String,
+    /// How the image was made: enough to make it again.
+    pub provenance: Provenance,
     pub arch: String,
     pub board: String,
     pub debian_suite: String,
@@ -157,6 +162,18 @@ pub struct Manifest {
     pub packages: Vec<InstalledPackage>,
     /// Every other output, with its checksum (the manifest cannot list its own).
     pub outputs: Vec<OutputFile>,
+}
+
+/// Where an image comes from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Provenance {
+    /// The git commit `appliance` was compiled from.
+    pub tool_commit: String,
+    /// The SHA-256 of appliance.lock, for a locked build.
+    pub lock_sha256: Option<String>,
+    pub source_date_epoch: u64,
+    /// Versions of the host tools that shaped the image.
+    pub host_tools: std::collections::BTreeMap<String, String>,
 }
 
 pub fn manifest_partitions(layout: &DiskLayout) -> Vec<ManifestPartition> {

@@ -156,14 +156,16 @@ fn download(url: &str, dest: &Path) -> Result<()> {
 pub fn sources(config: &Config, keyrings: &[(String, PathBuf)]) -> Vec<String> {
     let d = &config.debian;
     let comps = config.components().join(" ");
-    let mut lines = vec![format!("deb {} {} {}", d.mirror, d.suite, comps)];
+    let mirror = d.effective_mirror();
+    let mut lines = vec![format!("deb {mirror} {} {comps}", d.suite)];
     if d.updates {
-        lines.push(format!("deb {} {}-updates {}", d.mirror, d.suite, comps));
+        lines.push(format!("deb {mirror} {}-updates {comps}", d.suite));
     }
     if d.security {
         lines.push(format!(
-            "deb {} {}-security {}",
-            d.security_mirror, d.suite, comps
+            "deb {} {}-security {comps}",
+            d.effective_security_mirror(),
+            d.suite
         ));
     }
     for repo in config.active_repositories() {
@@ -230,15 +232,19 @@ pub fn package_list(config: &Config, features: &[Feature]) -> Vec<String> {
 pub fn plan(
     config: &Config,
     features: &[Feature],
-    keyrings: &[(String, PathBuf)],
+    source: &PackageSource,
     hooks: &HookPaths,
     deb_cache: &Path,
     lists_out: &Path,
 ) -> Result<RootfsPlan> {
+    let components = match source {
+        PackageSource::Archive { .. } => config.components().join(","),
+        PackageSource::Locked { .. } => crate::locked_repo::COMPONENT.to_string(),
+    };
     let mut args: Vec<String> = vec![
         "--variant=apt".into(),
         format!("--architectures={}", config.image.arch.debian()),
-        format!("--components={}", config.components().join(",")),
+        format!("--components={components}"),
         // Keep downloaded packages so they can be copied back into the host cache.
         "--skip=essential/unlink".into(),
         "--aptopt=Acquire::Languages \"none\"".into(),
@@ -250,6 +256,10 @@ pub fn plan(
         "--dpkgopt=path-exclude=/usr/share/locale/*".into(),
         "--dpkgopt=path-include=/usr/share/locale/locale.alias".into(),
     ];
+    if config.debian.snapshot.is_some() {
+        // The snapshot archive serves Release files whose Valid-Until has long passed.
+        args.push("--aptopt=Acquire::Check-Valid-Until \"false\"".into());
+    }
     let mut key: Vec<String> = args.clone();
     let mut include = package_list(config, features);
     let mut deb_paths = Vec::new();
@@ -334,15 +344,23 @@ pub fn plan(
     args.push(config.debian.suite.clone());
     args.push("-".into()); // the tarball goes to stdout; the caller writes it
     key.push(format!("suite {}", config.debian.suite));
-    let sources = sources(config, keyrings);
-    args.extend(sources.iter().cloned());
-    for (name, keyring) in keyrings {
-        key.push(format!(
-            "keyring {name} {}",
-            appliance_spec::signature::sha256_file(keyring)?
-        ));
+    match source {
+        PackageSource::Archive { keyrings } => {
+            args.extend(sources(config, keyrings));
+            for (name, keyring) in *keyrings {
+                key.push(format!(
+                    "keyring {name} {}",
+                    appliance_spec::signature::sha256_file(keyring)?
+                ));
+            }
+            key.extend(sources(config, &[]));
+        }
+        PackageSource::Locked { line, lock_hash } => {
+            args.push(line.clone());
+            // The lock decides every package; where the files were fetched from does not.
+            key.push(format!("lock {lock_hash}"));
+        }
     }
-    key.extend(sources_without_keyrings(config));
     Ok(RootfsPlan {
         args,
         source_date_epoch: config.image.source_date_epoch,
@@ -350,10 +368,56 @@ pub fn plan(
     })
 }
 
-/// The sources, with the keyring paths left out (they are hashed by content instead).
-fn sources_without_keyrings(config: &Config) -> Vec<String> {
-    sources(config, &[])
+/// Where the package layer's packages come from.
+pub enum PackageSource<'a> {
+    /// The Debian archive (or its snapshot) and the configured repositories, with their keys.
+    Archive { keyrings: &'a [(String, PathBuf)] },
+    /// Only the local repository of a locked build (`line`, an apt source).
+    Locked { line: String, lock_hash: String },
 }
+
+/// The sources of the configuration as the lock names them.
+pub fn lock_sources(config: &Config, keyrings: &[(String, PathBuf)]) -> Vec<crate::lock::Source> {
+    let d = &config.debian;
+    let debian_keyring = PathBuf::from(DEBIAN_KEYRING);
+    let mut out = vec![crate::lock::Source {
+        name: "debian".into(),
+        uri: d.effective_mirror(),
+        suite: d.suite.clone(),
+        keyring: debian_keyring.clone(),
+    }];
+    if d.updates {
+        out.push(crate::lock::Source {
+            name: "debian-updates".into(),
+            uri: d.effective_mirror(),
+            suite: format!("{}-updates", d.suite),
+            keyring: debian_keyring.clone(),
+        });
+    }
+    if d.security {
+        out.push(crate::lock::Source {
+            name: "debian-security".into(),
+            uri: d.effective_security_mirror(),
+            suite: format!("{}-security", d.suite),
+            keyring: debian_keyring,
+        });
+    }
+    for repo in config.active_repositories() {
+        if let Some((_, keyring)) = keyrings.iter().find(|(n, _)| *n == repo.name) {
+            out.push(crate::lock::Source {
+                name: repo.name.clone(),
+                uri: repo.uri.clone(),
+                suite: repo.suite.clone(),
+                keyring: keyring.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// The keys Debian's archive is signed with, as mmdebstrap uses them (package
+/// debian-archive-keyring on the host).
+pub const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// The package name of a `.deb` file, from its file name (`name_version_arch.deb`).
 fn deb_package_name(deb: &Path) -> Option<String> {

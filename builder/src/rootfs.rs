@@ -185,6 +185,9 @@ pub struct InstalledPackage {
     pub name: String,
     pub version: String,
     pub architecture: String,
+    /// What it depends on (`Depends`, `Pre-Depends`): groups of alternatives, by name.
+    #[serde(skip)]
+    pub depends: Vec<Vec<String>>,
 }
 
 /// What the later stages take out of the root tarball.
@@ -199,10 +202,13 @@ pub struct RootfsContents {
     pub packages: Vec<InstalledPackage>,
     /// Raspberry Pi boot firmware and device trees, as (name on the ESP, extracted file).
     pub raspberry_pi_files: Vec<(String, PathBuf)>,
+    /// Each package's `/usr/share/doc/<package>/copyright`, as `<dir>/<package>`.
+    pub copyright_dir: PathBuf,
 }
 
-/// Reads the root tarball once, copying into `dir` what the boot stage needs: the kernel,
-/// initrd and boot loader, the Raspberry Pi firmware, os-release and dpkg's status file.
+/// Reads the root tarball once, copying into `dir` what the later stages need: the kernel,
+/// initrd and boot loader, the Raspberry Pi firmware, os-release, dpkg's status file and every
+/// package's copyright file (for the SBOM's licenses).
 pub fn extract_boot_files(config: &Config, tar_path: &Path, dir: &Path) -> Result<RootfsContents> {
     std::fs::create_dir_all(dir)?;
     let file = std::fs::File::open(tar_path)
@@ -233,6 +239,13 @@ pub fn extract_boot_files(config: &Config, tar_path: &Path, dir: &Path) -> Resul
             dir.join(OS_RELEASE)
         } else if path == "var/lib/dpkg/status" {
             dir.join(DPKG_STATUS)
+        } else if let Some(package) = path
+            .strip_prefix("usr/share/doc/")
+            .and_then(|r| r.strip_suffix("/copyright"))
+            .filter(|p| !p.contains('/'))
+        {
+            std::fs::create_dir_all(dir.join(COPYRIGHT_DIR))?;
+            dir.join(COPYRIGHT_DIR).join(package)
         } else {
             continue;
         };
@@ -244,6 +257,7 @@ pub fn extract_boot_files(config: &Config, tar_path: &Path, dir: &Path) -> Resul
 const PI_DIR: &str = "raspberry-pi";
 const OS_RELEASE: &str = "os-release";
 const DPKG_STATUS: &str = "dpkg-status";
+const COPYRIGHT_DIR: &str = "copyright";
 
 impl RootfsContents {
     /// What [`extract_boot_files`] left in `dir`.
@@ -287,6 +301,7 @@ impl RootfsContents {
             os_release: std::fs::read_to_string(dir.join(OS_RELEASE)).unwrap_or_default(),
             packages: parse_dpkg_status(&status),
             raspberry_pi_files,
+            copyright_dir: dir.join(COPYRIGHT_DIR),
         })
     }
 }
@@ -319,10 +334,27 @@ pub fn parse_dpkg_status(status: &str) -> Vec<InstalledPackage> {
             field("Status:").is_some_and(|s| s.split_whitespace().nth(2) == Some("installed"));
         if let (true, Some(name), Some(version)) = (installed, field("Package:"), field("Version:"))
         {
+            let depends = ["Pre-Depends:", "Depends:"]
+                .iter()
+                .filter_map(|f| field(f))
+                .flat_map(|list| {
+                    list.split(',')
+                        .map(|group| {
+                            group
+                                .split('|')
+                                .filter_map(|alt| alt.split_whitespace().next())
+                                .map(|n| n.split(':').next().unwrap_or(n).to_string())
+                                .collect::<Vec<_>>()
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .filter(|g| !g.is_empty())
+                .collect();
             pkgs.push(InstalledPackage {
                 name,
                 version,
                 architecture: field("Architecture:").unwrap_or_default(),
+                depends,
             });
         }
     }

@@ -96,8 +96,110 @@ pub fn verify_outputs(dir: &Path, keys: &TrustedKeys) -> Result<Vec<Checked>> {
             what: "root file system".into(),
             detail: format!("{} verifies against root hash {expected}", raw.display()),
         });
+        if let Some(sbom) = files
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(".spdx.json"))
+        {
+            let n = check_sbom(sbom, &raw)?;
+            done.push(Checked {
+                what: "SBOM".into(),
+                detail: format!(
+                    "{} lists the {n} packages installed in the root",
+                    sbom.display()
+                ),
+            });
+        }
     }
     Ok(done)
+}
+
+/// Checks that the SBOM describes this image (its checksum) and lists exactly the Debian
+/// packages dpkg's status file in the image's root says are installed.
+fn check_sbom(sbom: &Path, raw: &Path) -> Result<usize> {
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(sbom)?)
+        .with_context(|| format!("{} is not JSON", sbom.display()))?;
+    let packages = doc["packages"]
+        .as_array()
+        .context("the SBOM lists no packages")?;
+    let image_sum = signature::sha256_file(raw)?;
+    let describes = packages.iter().any(|p| {
+        p["primaryPackagePurpose"] == "OPERATING-SYSTEM"
+            && p["checksums"][0]["checksumValue"].as_str() == Some(image_sum.as_str())
+    });
+    if !describes {
+        bail!(
+            "{} does not describe {} (no image package with its SHA-256)",
+            sbom.display(),
+            raw.display()
+        );
+    }
+    let mut listed: Vec<(String, String)> = packages
+        .iter()
+        .filter(|p| {
+            p["SPDXID"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("SPDXRef-deb-"))
+        })
+        .filter_map(|p| {
+            Some((
+                p["name"].as_str()?.to_string(),
+                p["versionInfo"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    listed.sort();
+    let status = read_from_root(raw, "var/lib/dpkg/status")?;
+    let mut installed: Vec<(String, String)> = crate::rootfs::parse_dpkg_status(&status)
+        .into_iter()
+        .map(|p| (p.name, p.version))
+        .collect();
+    installed.sort();
+    if listed != installed {
+        let only_sbom: Vec<String> = listed
+            .iter()
+            .filter(|p| !installed.contains(p))
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
+        let only_image: Vec<String> = installed
+            .iter()
+            .filter(|p| !listed.contains(p))
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
+        bail!(
+            "the SBOM and the image disagree: only in the SBOM: [{}]; only in the image: [{}]",
+            only_sbom.join(", "),
+            only_image.join(", ")
+        );
+    }
+    Ok(listed.len())
+}
+
+/// A file of slot A's root file system, read with unsquashfs.
+fn read_from_root(image: &Path, path: &str) -> Result<String> {
+    let entries = partitions::read_table(image)?;
+    let root = Table::new(&entries)
+        .root(Slot::A)
+        .context("the image has no root-a partition")?;
+    let mut f = File::open(image)?;
+    f.seek(SeekFrom::Start(root.offset()))?;
+    // The squashfs superblock says how long the file system is (bytes_used at offset 40).
+    let mut sb = [0u8; 48];
+    f.read_exact(&mut sb)?;
+    if &sb[0..4] != b"hsqs" {
+        bail!("root-a holds no squashfs");
+    }
+    let used = u64::from_le_bytes(sb[40..48].try_into()?);
+    f.seek(SeekFrom::Start(root.offset()))?;
+    let mut tmp = tempfile::NamedTempFile::new()?;
+    std::io::copy(&mut f.take(used), tmp.as_file_mut())?;
+    let out = crate::host::run(
+        std::process::Command::new("unsquashfs")
+            .arg("-cat")
+            .arg(tmp.path())
+            .arg(path),
+    )
+    .with_context(|| format!("reading /{path} from the image's root"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The raw image among the outputs.

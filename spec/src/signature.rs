@@ -94,6 +94,11 @@ fn key_data_fingerprint(data: &ssh_key::public::KeyData) -> String {
     data.fingerprint(ssh_key::HashAlg::Sha256).to_string()
 }
 
+/// The SHA-256 of some bytes as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// The SHA-256 of a file as lower-case hex, read in pieces.
 pub fn sha256_file(path: &std::path::Path) -> Result<String> {
     use std::io::Read;

@@ -64,6 +64,16 @@ impl<'a> BuildCtx<'a> {
         Ok(value)
     }
 
+    /// Whether packages come from `appliance.lock` (`--locked`, or `--offline`).
+    pub fn locked(&self) -> bool {
+        self.opts.locked || self.opts.offline
+    }
+
+    /// The lock file beside the configuration.
+    pub fn lock_path(&self) -> PathBuf {
+        self.config.resolve(std::path::Path::new(crate::lock::FILE))
+    }
+
     /// A directory in the work directory, emptied first.
     pub fn fresh_dir(&self, name: &str) -> Result<PathBuf> {
         let dir = self.work.join(name);

@@ -15,6 +15,7 @@ mod cache;
 mod context;
 mod disk;
 mod keys;
+mod lockfile;
 mod outputs;
 mod packages;
 mod squashfs;
@@ -28,6 +29,7 @@ use serde::Serialize;
 
 pub use cache::tree_hash;
 pub use context::{BuildCtx, Identifiers};
+pub use lockfile::{export_mirror, lock};
 
 use crate::config::Config;
 use crate::outputs::OutputFile;
@@ -42,6 +44,28 @@ pub struct BuildOptions {
     pub json: bool,
     /// zstd level for `raw.zst`.
     pub zstd_level: i32,
+    /// Install exactly what `appliance.lock` says (from a local repository of its packages).
+    pub locked: bool,
+    /// Use no network: every package from the cache or `mirror_dir` (implies `locked`).
+    pub offline: bool,
+    /// A mirror made by `appliance mirror export`.
+    pub mirror_dir: Option<PathBuf>,
+}
+
+impl BuildOptions {
+    /// The options of a plain build into `out_dir`, with `build_dir` for intermediate files.
+    pub fn new(out_dir: impl Into<PathBuf>, build_dir: impl Into<PathBuf>) -> BuildOptions {
+        BuildOptions {
+            out_dir: out_dir.into(),
+            build_dir: build_dir.into(),
+            refresh: false,
+            json: false,
+            zstd_level: 6,
+            locked: false,
+            offline: false,
+            mirror_dir: None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -80,9 +104,14 @@ fn run_stages(ctx: &mut BuildCtx) -> Result<BuildSummary> {
     let verity = ctx.stage("verity", |c| verity::compute(c, &squashfs))?;
     let boot = ctx.stage("boot", |c| boot::prepare(c, &packages, &verity))?;
     let disk = ctx.stage("disk", |c| disk::write(c, &squashfs, &verity, &boot))?;
-    let outputs = ctx.stage("outputs", |c| {
-        outputs::write(c, disk, &squashfs, &verity, &boot)
-    })?;
+    let parts = outputs::Parts {
+        keyrings: &keyrings,
+        packages: &packages,
+        squashfs: &squashfs,
+        verity: &verity,
+        boot: &boot,
+    };
+    let outputs = ctx.stage("outputs", |c| outputs::write(c, disk, &parts))?;
     Ok(BuildSummary {
         image: outputs.image,
         outputs: outputs.files,

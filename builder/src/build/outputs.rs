@@ -11,12 +11,15 @@ use appliance_spec::signature::NAMESPACE_RELEASE;
 
 use super::boot::BootFiles;
 use super::disk::Disk;
+use super::keys::Keyrings;
+use super::packages::PackageLayer;
 use super::squashfs::Squashfs;
 use super::verity::RootVerity;
 use super::BuildCtx;
 use crate::config::Format;
 use crate::formats;
-use crate::outputs::{self, Manifest, ManifestVerity, OutputFile};
+use crate::lock::Lock;
+use crate::outputs::{self, Manifest, ManifestVerity, OutputFile, Provenance};
 use crate::progress::human_bytes;
 
 pub struct Outputs {
@@ -24,6 +27,55 @@ pub struct Outputs {
     pub image: PathBuf,
     /// Every output file, the manifest included.
     pub files: Vec<OutputFile>,
+}
+
+/// The SPDX document of the image.
+fn sbom(ctx: &BuildCtx, parts: &Parts, raw_sha256: &str) -> Result<serde_json::Value> {
+    let config = ctx.config;
+    let debs = parts.packages.debs(config, parts.keyrings)?;
+    let mut source_uris = std::collections::BTreeMap::new();
+    for s in crate::packages::lock_sources(config, parts.keyrings) {
+        source_uris.insert(s.name, s.uri);
+    }
+    let crates = crate::admin_program::crates(config.image.arch, ctx.opts.offline)?;
+    let version = config.image.version.to_string();
+    let supplier = format!("Organization: {}", config.image.supplier);
+    let root_hash = parts.verity.root_hash();
+    crate::sbom::spdx(&crate::sbom::Inputs {
+        name: &config.image.name,
+        version: &version,
+        supplier: &supplier,
+        debian_arch: config.image.arch.debian(),
+        image_sha256: raw_sha256,
+        root_hash: root_hash.as_deref(),
+        created: config.image.source_date_epoch,
+        installed: &parts.packages.contents.packages,
+        debs: &debs,
+        source_uris: &source_uris,
+        copyright_dir: &parts.packages.contents.copyright_dir,
+        admin_version: env!("CARGO_PKG_VERSION"),
+        crates: &crates,
+    })
+}
+
+/// The versions of the host tools that shape the image's bytes.
+fn host_tool_versions() -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for (tool, arg) in [("mmdebstrap", "--version"), ("mksquashfs", "-version")] {
+        let version = std::process::Command::new(tool)
+            .arg(arg)
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "unknown".into());
+        out.insert(tool.to_string(), version);
+    }
+    out
 }
 
 /// The signed update bundle `<name>-<version>.update` and the channel index pointing at it.
@@ -76,13 +128,22 @@ fn update_bundle(
     ])
 }
 
-pub fn write(
-    ctx: &mut BuildCtx,
-    mut disk: Disk,
-    squashfs: &Squashfs,
-    verity: &RootVerity,
-    boot: &BootFiles,
-) -> Result<(Outputs, String)> {
+/// What the outputs describe, from the earlier stages.
+pub struct Parts<'a> {
+    pub keyrings: &'a Keyrings,
+    pub packages: &'a PackageLayer,
+    pub squashfs: &'a Squashfs,
+    pub verity: &'a RootVerity,
+    pub boot: &'a BootFiles,
+}
+
+pub fn write(ctx: &mut BuildCtx, mut disk: Disk, parts: &Parts) -> Result<(Outputs, String)> {
+    let Parts {
+        squashfs,
+        verity,
+        boot,
+        ..
+    } = *parts;
     let config = ctx.config;
     let name = &config.image.name;
     let raw = disk.raw.clone();
@@ -143,11 +204,36 @@ pub fn write(
             sha256: outputs::sha256_file(path)?,
         });
     }
+    let raw_sha256 = listed
+        .iter()
+        .find(|f| f.file == format!("{name}.raw"))
+        .map(|f| f.sha256.clone())
+        .map_or_else(|| outputs::sha256_file(&raw), Ok)?;
+    ctx.progress
+        .message("writing the software bill of materials");
+    let sbom_name = format!("{name}.spdx.json");
+    let sbom_path = disk.staged.path(&sbom_name);
+    std::fs::write(
+        &sbom_path,
+        serde_json::to_vec_pretty(&sbom(ctx, parts, &raw_sha256)?)?,
+    )?;
+    listed.push(OutputFile {
+        file: sbom_name,
+        bytes: std::fs::metadata(&sbom_path)?.len(),
+        sha256: outputs::sha256_file(&sbom_path)?,
+    });
     let manifest = Manifest {
         name: name.clone(),
+        version: config.image.version.to_string(),
         tool: "appliance".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         config_hash: config.hash.clone(),
+        provenance: Provenance {
+            tool_commit: env!("APPLIANCE_GIT_COMMIT").into(),
+            lock_sha256: parts.packages.lock.as_ref().map(Lock::hash).transpose()?,
+            source_date_epoch: config.image.source_date_epoch,
+            host_tools: host_tool_versions(),
+        },
         arch: config.image.arch.to_string(),
         board: config.image.board.to_string(),
         debian_suite: config.debian.suite.clone(),

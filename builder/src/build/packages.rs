@@ -5,14 +5,20 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::cache::{self, KeyBuilder};
 use super::keys::Keyrings;
 use super::BuildCtx;
-use crate::packages;
+use crate::config::Config;
+use crate::lock::{Lock, LockedPackage};
+use crate::locked_repo::{self, DebSources, RepoKey};
+use crate::packages::{self, PackageSource};
 use crate::progress::human_bytes;
 use crate::rootfs::{self, HookPaths, RootfsContents};
+
+/// The layout of a package layer's directory; a change to what it holds changes the keys.
+const LAYER_LAYOUT: &str = "root.tar, apt-lists/, extracted/ (boot files, dpkg status, copyright)";
 
 /// The package layer: the root tarball and what the later stages read out of it once.
 pub struct PackageLayer {
@@ -23,6 +29,32 @@ pub struct PackageLayer {
     pub contents: RootfsContents,
     /// The features' hook files (the customize scripts run in the next stage).
     pub hooks: HookPaths,
+    /// The lock it was installed from, for a locked build.
+    pub lock: Option<Lock>,
+}
+
+impl PackageLayer {
+    /// The `.deb` behind every installed package: the lock's, or found in the package lists
+    /// the layer was installed from.
+    pub fn debs(&self, config: &Config, keyrings: &Keyrings) -> Result<Vec<LockedPackage>> {
+        if let Some(lock) = &self.lock {
+            return Ok(lock.packages.clone());
+        }
+        let mut local = Vec::new();
+        for dir in [&config.packages.local_debs, &config.jitsi.debs]
+            .into_iter()
+            .flatten()
+        {
+            local.extend(packages::local_debs(&config.resolve(dir))?);
+        }
+        let (debs, _) = crate::lock::resolve_debs(
+            &packages::lock_sources(config, keyrings),
+            &self.contents.packages,
+            &self.dir.join("apt-lists"),
+            &local,
+        )?;
+        Ok(debs)
+    }
 }
 
 impl PackageLayer {
@@ -31,15 +63,21 @@ impl PackageLayer {
     }
 }
 
-pub fn install(ctx: &mut BuildCtx, keyrings: &Keyrings) -> Result<(PackageLayer, String)> {
-    let config = ctx.config;
-    let deb_cache = ctx.cache_dir.join(format!(
+/// The host's cache of downloaded `.deb` files for the configuration's suite and architecture.
+pub fn deb_cache_dir(config: &Config) -> Result<PathBuf> {
+    let dir = config.resolve(&config.packages.cache_dir).join(format!(
         "debs/{}-{}",
         config.debian.suite,
         config.image.arch.debian()
     ));
-    std::fs::create_dir_all(&deb_cache)?;
-    let deb_cache = std::fs::canonicalize(&deb_cache)?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the package cache {}", dir.display()))?;
+    Ok(std::fs::canonicalize(&dir)?)
+}
+
+pub fn install(ctx: &mut BuildCtx, keyrings: &Keyrings) -> Result<(PackageLayer, String)> {
+    let config = ctx.config;
+    let deb_cache = deb_cache_dir(config)?;
     let hooks_dir = ctx.fresh_dir("hooks")?;
     let hooks = rootfs::write_hook_files(config, &ctx.features, &hooks_dir)?;
     let layers = ctx
@@ -50,15 +88,34 @@ pub fn install(ctx: &mut BuildCtx, keyrings: &Keyrings) -> Result<(PackageLayer,
     let layers = std::fs::canonicalize(&layers)?;
     // The plan names where the lists go; its key leaves such paths out.
     let partial = layers.join("packages.partial");
+    let lock = if ctx.locked() {
+        let path = ctx.lock_path();
+        let lock = Lock::load(&path)?;
+        lock.check_matches(config, &path)?;
+        let key = RepoKey::open_or_create(&ctx.cache_dir)?;
+        let repo = ctx.work.join("locked-repo");
+        let line = locked_repo::source_line(&std::path::absolute(&repo)?, &lock, &key);
+        Some((lock, line))
+    } else {
+        None
+    };
+    let source = match &lock {
+        Some((lock, line)) => PackageSource::Locked {
+            line: line.clone(),
+            lock_hash: lock.hash()?,
+        },
+        None => PackageSource::Archive { keyrings },
+    };
     let plan = packages::plan(
         config,
         &ctx.features,
-        keyrings,
+        &source,
         &hooks,
         &deb_cache,
         &partial.join("apt-lists"),
     )?;
     let key = KeyBuilder::new("package layer")
+        .part("layout", LAYER_LAYOUT)
         .part(
             "source date epoch",
             config.image.source_date_epoch.to_string(),
@@ -68,9 +125,13 @@ pub fn install(ctx: &mut BuildCtx, keyrings: &Keyrings) -> Result<(PackageLayer,
     let dir = layers.join(format!("packages-{}", cache::short(&key)));
     if dir.join("root.tar").is_file() && !ctx.opts.refresh {
         cache::touch(&dir);
-        let contents = RootfsContents::load(config, &dir.join("boot"))?;
+        let contents = RootfsContents::load(config, &dir.join("extracted"))?;
         let note = format!("from cache (key {})", cache::short(&key));
-        return Ok((layer(key, dir, true, contents, hooks), note));
+        let lock = lock.map(|(l, _)| l);
+        return Ok((layer(key, dir, true, contents, hooks, lock), note));
+    }
+    if let Some((lock, _)) = &lock {
+        fill_locked_repository(ctx, lock, &deb_cache)?;
     }
     if partial.exists() {
         std::fs::remove_dir_all(&partial)?;
@@ -83,12 +144,23 @@ pub fn install(ctx: &mut BuildCtx, keyrings: &Keyrings) -> Result<(PackageLayer,
     packages::run_mmdebstrap(&plan, &tar, &log, |line| progress.message(line))?;
     ctx.progress
         .message("reading the boot files out of the root");
-    let contents = rootfs::extract_boot_files(config, &tar, &partial.join("boot"))?;
+    let contents = rootfs::extract_boot_files(config, &tar, &partial.join("extracted"))?;
+    if let Some((lock, _)) = &lock {
+        let drift = lock.drift(&contents.packages);
+        if !drift.is_empty() {
+            bail!(
+                "what was installed is not what {} says ({}); the configuration's packages changed since it was made: run `appliance lock`",
+                ctx.lock_path().display(),
+                drift.join("; ")
+            );
+        }
+    }
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::rename(&partial, &dir)
         .with_context(|| format!("storing the package layer in {}", dir.display()))?;
+    let contents = RootfsContents::load(config, &dir.join("extracted"))?;
     cache::prune(&layers, "packages-", &dir)?;
     let n = std::fs::read_dir(&deb_cache)
         .map(|d| d.count())
@@ -99,7 +171,34 @@ pub fn install(ctx: &mut BuildCtx, keyrings: &Keyrings) -> Result<(PackageLayer,
         contents.packages.len(),
         cache::short(&key)
     );
-    Ok((layer(key, dir, false, contents, hooks), note))
+    let lock = lock.map(|(l, _)| l);
+    Ok((layer(key, dir, false, contents, hooks, lock), note))
+}
+
+/// Puts the lock's packages into the build's local repository (`<work>/locked-repo`). Stops
+/// before anything is installed if a package is missing or does not match.
+fn fill_locked_repository(
+    ctx: &mut BuildCtx,
+    lock: &Lock,
+    deb_cache: &std::path::Path,
+) -> Result<()> {
+    ctx.progress.message(&format!(
+        "collecting the {} locked packages",
+        lock.packages.len()
+    ));
+    let repo = ctx.fresh_dir("locked-repo")?;
+    locked_repo::collect(
+        lock,
+        ctx.config,
+        &DebSources {
+            cache: deb_cache,
+            mirror_dir: ctx.opts.mirror_dir.as_deref(),
+            offline: ctx.opts.offline,
+        },
+        &repo.join("pool"),
+    )?;
+    let key = RepoKey::open_or_create(&ctx.cache_dir)?;
+    locked_repo::write_repo(lock, &repo, &key)
 }
 
 fn layer(
@@ -108,6 +207,7 @@ fn layer(
     cached: bool,
     contents: RootfsContents,
     hooks: HookPaths,
+    lock: Option<Lock>,
 ) -> PackageLayer {
     PackageLayer {
         key,
@@ -115,5 +215,6 @@ fn layer(
         cached,
         contents,
         hooks,
+        lock,
     }
 }

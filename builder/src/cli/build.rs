@@ -33,6 +33,17 @@ pub struct BuildArgs {
     /// zstd compression level for <name>.raw.zst (1-19).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=19))]
     zstd_level: i32,
+    /// Install exactly the packages appliance.lock names (made by `appliance lock`), or stop
+    /// and say which differ.
+    #[arg(long)]
+    locked: bool,
+    /// Use no network: every package from the package cache or --mirror-dir (implies
+    /// --locked).
+    #[arg(long)]
+    offline: bool,
+    /// A mirror directory made by `appliance mirror export`, to take the packages from.
+    #[arg(long, value_name = "DIR")]
+    mirror_dir: Option<PathBuf>,
     /// Print a JSON summary on stdout instead of progress.
     #[arg(long)]
     json: bool,
@@ -52,6 +63,9 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             refresh: args.refresh,
             json: args.json,
             zstd_level: args.zstd_level,
+            locked: args.locked,
+            offline: args.offline,
+            mirror_dir: args.mirror_dir,
         },
     )?;
     if args.json {

@@ -4,6 +4,8 @@ mod build;
 mod doctor;
 mod inspect;
 mod key;
+mod lock;
+mod mirror;
 mod run;
 mod test;
 mod verify;
@@ -48,6 +50,8 @@ enum Command {
     Write(write::WriteArgs),
     Doctor(doctor::DoctorArgs),
     Key(key::KeyArgs),
+    Lock(lock::LockArgs),
+    Mirror(mirror::MirrorArgs),
     Verify(verify::VerifyArgs),
 }
 
@@ -61,6 +65,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Write(args) => write::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Key(args) => key::run(args),
+        Command::Lock(args) => lock::run(args),
+        Command::Mirror(args) => mirror::run(args),
         Command::Verify(args) => verify::run(args),
     }
 }

@@ -64,6 +64,9 @@ pub struct Image {
     /// a machine refuses a bundle older than what it runs.
     #[serde(default = "default_version")]
     pub version: Version,
+    /// Who supplies the image (your organisation), as the SBOM names it.
+    #[serde(default = "default_supplier")]
+    pub supplier: String,
     #[serde(default)]
     pub arch: Arch,
     /// `generic` (UEFI/BIOS machines, VPS, clouds) or `raspberry-pi` (arm64 only: the ESP also
@@ -122,6 +125,10 @@ fn default_version() -> Version {
     Version::from_str("1.0.0").expect("a valid version")
 }
 
+fn default_supplier() -> String {
+    "the operator of this appliance".into()
+}
+
 fn default_formats() -> Vec<Format> {
     vec![Format::Raw, Format::RawZst]
 }
@@ -142,6 +149,30 @@ pub struct Debian {
     pub security_mirror: String,
     /// Also use `<suite>-updates` from the mirror.
     pub updates: bool,
+    /// A point in time of Debian's snapshot archive (`YYYYMMDDTHHMMSSZ`): packages come from
+    /// snapshot.debian.org as the archive was then, instead of from `mirror`.
+    pub snapshot: Option<String>,
+}
+
+/// Debian's archive of every past state of the mirrors.
+pub const SNAPSHOT_ARCHIVE: &str = "http://snapshot.debian.org/archive";
+
+impl Debian {
+    /// The mirror packages come from: `mirror`, or the snapshot archive at `snapshot`.
+    pub fn effective_mirror(&self) -> String {
+        match &self.snapshot {
+            Some(t) => format!("{SNAPSHOT_ARCHIVE}/debian/{t}/"),
+            None => self.mirror.clone(),
+        }
+    }
+
+    /// The mirror of `<suite>-security`.
+    pub fn effective_security_mirror(&self) -> String {
+        match &self.snapshot {
+            Some(t) => format!("{SNAPSHOT_ARCHIVE}/debian-security/{t}/"),
+            None => self.security_mirror.clone(),
+        }
+    }
 }
 
 impl Default for Debian {
@@ -153,6 +184,7 @@ impl Default for Debian {
             security: true,
             security_mirror: "http://deb.debian.org/debian-security".into(),
             updates: true,
+            snapshot: None,
         }
     }
 }
