@@ -49,6 +49,7 @@ pub fn install(
     arch: Arch,
     root: &Path,
     target_dir: &Path,
+    offline: bool,
     mut on_line: impl FnMut(&str),
 ) -> Result<()> {
     let binary = match std::env::var_os(PREBUILT_ENV) {
@@ -62,7 +63,7 @@ pub fn install(
             }
             p
         }
-        None => compile(arch, target_dir, &mut on_line)?,
+        None => compile(arch, target_dir, offline, &mut on_line)?,
     };
     let dest = root.join(IMAGE_PATH);
     if let Some(dir) = dest.parent() {
@@ -78,6 +79,23 @@ pub fn install(
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
+}
+
+/// `build.rustflags` that map the source, registry and target directories to fixed names.
+fn remap_flags(workspace: &Path, target_dir: &Path) -> String {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    let flags: Vec<String> = [
+        (cargo_home.as_path(), "/cargo"),
+        (target_dir, "/target"),
+        (workspace, "/appliance"),
+    ]
+    .iter()
+    .map(|(from, to)| format!("\"--remap-path-prefix={}={to}\"", from.display()))
+    .collect();
+    format!("build.rustflags=[{}]", flags.join(", "))
 }
 
 /// A crate compiled into the program.
@@ -185,7 +203,12 @@ pub fn crates(arch: Arch, offline: bool) -> Result<Vec<Crate>> {
     Ok(out)
 }
 
-fn compile(arch: Arch, target_dir: &Path, on_line: &mut impl FnMut(&str)) -> Result<PathBuf> {
+fn compile(
+    arch: Arch,
+    target_dir: &Path,
+    offline: bool,
+    on_line: &mut impl FnMut(&str),
+) -> Result<PathBuf> {
     let workspace = workspace_dir();
     let manifest = workspace.join("setup/Cargo.toml");
     if !manifest.is_file() {
@@ -204,10 +227,17 @@ fn compile(arch: Arch, target_dir: &Path, on_line: &mut impl FnMut(&str)) -> Res
         .args(["--target", target])
         .arg("--target-dir")
         .arg(target_dir)
+        // The same program whatever directory it is built in: the paths compiled into it
+        // (in panic messages) are the same on every machine.
+        .arg("--config")
+        .arg(remap_flags(&workspace, target_dir))
         // Flags meant for the builder's own compilation must not leak into this one.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_TARGET_DIR");
+    if offline {
+        cmd.arg("--offline");
+    }
     if let Some((linker, package)) = cross_linker(arch) {
         if host::find_program(linker).is_none() {
             bail!(
@@ -304,7 +334,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Only this test sets the variable, and it restores it before returning.
         std::env::set_var(PREBUILT_ENV, dir.path().join("nope"));
-        let err = install(Arch::X86_64, dir.path(), dir.path(), |_| {}).unwrap_err();
+        let err = install(Arch::X86_64, dir.path(), dir.path(), false, |_| {}).unwrap_err();
         std::env::remove_var(PREBUILT_ENV);
         assert!(format!("{err:#}").contains("APPLIANCE_ADMIN_BIN"));
     }

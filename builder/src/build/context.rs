@@ -71,7 +71,7 @@ impl<'a> BuildCtx<'a> {
 
     /// The lock file beside the configuration.
     pub fn lock_path(&self) -> PathBuf {
-        self.config.resolve(std::path::Path::new(crate::lock::FILE))
+        self.config.resolve(&self.config.packages.lock_file)
     }
 
     /// A directory in the work directory, emptied first.

@@ -28,12 +28,29 @@ pub struct Disk {
     pub staged: Staged,
 }
 
+/// The disk image just written, or the outputs of the same inputs already in place.
+pub enum Image {
+    Written(Disk),
+    Unchanged(Vec<crate::outputs::OutputFile>),
+}
+
+/// Writes the disk image, unless the outputs of the same inputs (`key`) are in place already
+/// and verify.
 pub fn write(
     ctx: &mut BuildCtx,
+    key: &str,
     squashfs: &Squashfs,
     verity: &RootVerity,
     boot: &BootFiles,
-) -> Result<(Disk, String)> {
+) -> Result<(Image, String)> {
+    if let Some(files) = super::outputs::unchanged(ctx, key)? {
+        let note = format!(
+            "unchanged: the {} outputs in {} are of the same inputs and verify",
+            files.len(),
+            ctx.opts.out_dir.display()
+        );
+        return Ok((Image::Unchanged(files), note));
+    }
     let mut layout = plan(ctx, squashfs, verity, boot)?;
     let mut mbr_code = None;
     if let Some(bios) = layout
@@ -70,12 +87,12 @@ pub fn write(
         layout.partitions.len()
     );
     Ok((
-        Disk {
+        Image::Written(Disk {
             raw,
             layout,
             keep_raw,
             staged,
-        },
+        }),
         note,
     ))
 }

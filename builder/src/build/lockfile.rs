@@ -41,7 +41,7 @@ pub fn lock(config: &Config, opts: &BuildOptions) -> Result<(PathBuf, Lock)> {
 /// Writes every locked package into `dir` as a signed apt repository with its public key;
 /// returns how many packages it holds.
 pub fn export_mirror(config: &Config, dir: &Path) -> Result<usize> {
-    let lock_path = config.resolve(Path::new(lock::FILE));
+    let lock_path = config.resolve(&config.packages.lock_file);
     let lock = Lock::load(&lock_path)?;
     lock.check_matches(config, &lock_path)?;
     if dir.exists() {

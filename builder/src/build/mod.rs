@@ -103,7 +103,8 @@ fn run_stages(ctx: &mut BuildCtx) -> Result<BuildSummary> {
     let squashfs = ctx.stage("squashfs", |c| squashfs::make(c, &system))?;
     let verity = ctx.stage("verity", |c| verity::compute(c, &squashfs))?;
     let boot = ctx.stage("boot", |c| boot::prepare(c, &packages, &verity))?;
-    let disk = ctx.stage("disk", |c| disk::write(c, &squashfs, &verity, &boot))?;
+    let image_key = outputs::image_key(ctx, &packages, &system)?;
+    let disk = ctx.stage("disk", |c| disk::write(c, &image_key, &squashfs, &verity, &boot))?;
     let parts = outputs::Parts {
         keyrings: &keyrings,
         packages: &packages,
@@ -111,7 +112,7 @@ fn run_stages(ctx: &mut BuildCtx) -> Result<BuildSummary> {
         verity: &verity,
         boot: &boot,
     };
-    let outputs = ctx.stage("outputs", |c| outputs::write(c, disk, &parts))?;
+    let outputs = ctx.stage("outputs", |c| outputs::write(c, disk, &parts, &image_key))?;
     Ok(BuildSummary {
         image: outputs.image,
         outputs: outputs.files,

@@ -10,8 +10,11 @@ use appliance_spec::layout::ALIGN;
 use appliance_spec::signature::NAMESPACE_RELEASE;
 
 use super::boot::BootFiles;
-use super::disk::Disk;
+use super::disk::{Disk, Image};
+use super::cache::KeyBuilder;
 use super::keys::Keyrings;
+use super::system::SystemLayer;
+use appliance_spec::signature::TrustedKeys;
 use super::packages::PackageLayer;
 use super::squashfs::Squashfs;
 use super::verity::RootVerity;
@@ -21,6 +24,64 @@ use crate::formats;
 use crate::lock::Lock;
 use crate::outputs::{self, Manifest, ManifestVerity, OutputFile, Provenance};
 use crate::progress::human_bytes;
+
+/// Hidden file in the output directory naming the inputs its outputs were made from.
+const STAMP: &str = ".build-key";
+
+/// The key of everything the outputs depend on: both layers, the configuration (formats,
+/// sizes, identifiers), the zstd level and the signing key.
+pub fn image_key(ctx: &BuildCtx, packages: &PackageLayer, system: &SystemLayer) -> Result<String> {
+    let signer = match &ctx.signing {
+        Some(k) => k.public_line()?,
+        None => String::new(),
+    };
+    Ok(KeyBuilder::new("outputs")
+        .part("package layer", &packages.key)
+        .part("system layer", &system.key)
+        .part("configuration", &ctx.config.hash)
+        .part("zstd level", ctx.opts.zstd_level.to_string())
+        .part("signing key", signer)
+        .finish())
+}
+
+/// The outputs already in the output directory, when they were made from `key` and every
+/// one of them still has the checksum `SHA256SUMS` gives it (and the signature verifies).
+pub fn unchanged(ctx: &BuildCtx, key: &str) -> Result<Option<Vec<OutputFile>>> {
+    let dir = &ctx.opts.out_dir;
+    let stamp = std::fs::read_to_string(dir.join(STAMP)).unwrap_or_default();
+    if stamp.trim() != key || ctx.opts.refresh {
+        return Ok(None);
+    }
+    let Ok(sums) = std::fs::read_to_string(dir.join("SHA256SUMS")) else {
+        return Ok(None);
+    };
+    if let Some(k) = &ctx.signing {
+        let trusted = TrustedKeys::parse(&k.public_line()?, "the signing key")?;
+        let sig = std::fs::read(dir.join("SHA256SUMS.sig")).unwrap_or_default();
+        if trusted.verify(NAMESPACE_RELEASE, sums.as_bytes(), &sig).is_err() {
+            return Ok(None);
+        }
+    }
+    let mut files = Vec::new();
+    for line in sums.lines() {
+        let Some((sum, name)) = line.split_once("  ") else {
+            return Ok(None);
+        };
+        let path = dir.join(name);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            return Ok(None);
+        };
+        if outputs::sha256_file(&path)? != sum {
+            return Ok(None);
+        }
+        files.push(OutputFile {
+            file: name.to_string(),
+            bytes: meta.len(),
+            sha256: sum.to_string(),
+        });
+    }
+    Ok(Some(files))
+}
 
 pub struct Outputs {
     /// Where the raw image is (or would be, if `raw` is not among the formats).
@@ -137,7 +198,20 @@ pub struct Parts<'a> {
     pub boot: &'a BootFiles,
 }
 
-pub fn write(ctx: &mut BuildCtx, mut disk: Disk, parts: &Parts) -> Result<(Outputs, String)> {
+pub fn write(
+    ctx: &mut BuildCtx,
+    disk: Image,
+    parts: &Parts,
+    key: &str,
+) -> Result<(Outputs, String)> {
+    let image = ctx.opts.out_dir.join(format!("{}.raw", ctx.config.image.name));
+    let mut disk = match disk {
+        Image::Written(disk) => disk,
+        Image::Unchanged(files) => {
+            let note = format!("{} files kept", files.len());
+            return Ok((Outputs { image, files }, note));
+        }
+    };
     let Parts {
         squashfs,
         verity,
@@ -266,6 +340,7 @@ pub fn write(ctx: &mut BuildCtx, mut disk: Disk, parts: &Parts) -> Result<(Outpu
     let sums = outputs::sha256sums(&files);
     let sums_path = disk.staged.path("SHA256SUMS");
     std::fs::write(&sums_path, &sums)?;
+    std::fs::write(disk.staged.path(STAMP), key)?;
     let signed = match &ctx.signing {
         Some(key) => {
             let sig = key.sign(NAMESPACE_RELEASE, sums.as_bytes())?;
@@ -288,6 +363,5 @@ pub fn write(ctx: &mut BuildCtx, mut disk: Disk, parts: &Parts) -> Result<(Outpu
         files.len() + 1,
         ctx.opts.out_dir.display()
     );
-    let image = ctx.opts.out_dir.join(format!("{name}.raw"));
     Ok((Outputs { image, files }, note))
 }

@@ -35,6 +35,7 @@ pub fn assemble(ctx: &mut BuildCtx, packages: &PackageLayer) -> Result<(SystemLa
         config.image.arch,
         &overlay,
         &ctx.cache_dir.join("cargo-target"),
+        ctx.opts.offline,
         |line| progress.message(line),
     )?;
     write_release(ctx, &overlay)?;

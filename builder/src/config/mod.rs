@@ -237,6 +237,8 @@ pub struct Packages {
     pub local_debs: Option<PathBuf>,
     /// Where downloaded `.deb` files are kept between builds.
     pub cache_dir: PathBuf,
+    /// The lock file (`appliance lock` writes it, `build --locked` reads it).
+    pub lock_file: PathBuf,
 }
 
 impl Default for Packages {
@@ -246,6 +248,7 @@ impl Default for Packages {
             include: Vec::new(),
             local_debs: None,
             cache_dir: PathBuf::from("build/cache"),
+            lock_file: PathBuf::from(crate::lock::FILE),
         }
     }
 }

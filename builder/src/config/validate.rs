@@ -38,6 +38,21 @@ impl Config {
                 "use a suite name such as \"bookworm\" (lower-case letters, digits, '-', '.')",
             )?;
         }
+        if let Some(t) = &self.debian.snapshot {
+            let ok = t.len() == 16
+                && t.chars().enumerate().all(|(i, c)| match i {
+                    8 => c == 'T',
+                    15 => c == 'Z',
+                    _ => c.is_ascii_digit(),
+                });
+            if !ok {
+                fail(
+                    "[debian] snapshot",
+                    t,
+                    "write a time of snapshot.debian.org as YYYYMMDDTHHMMSSZ, e.g. \"20261101T000000Z\"",
+                )?;
+            }
+        }
         for (key, url) in [
             ("[debian] mirror", &self.debian.mirror),
             ("[debian] security_mirror", &self.debian.security_mirror),
@@ -326,6 +341,26 @@ mod tests {
             PathBuf::from("."),
             &o,
         )
+    }
+
+    #[test]
+    fn a_snapshot_points_apt_at_the_snapshot_archive() {
+        let c = parse(&["debian.snapshot=\"20261101T000000Z\""]).unwrap();
+        assert_eq!(
+            c.debian.effective_mirror(),
+            "http://snapshot.debian.org/archive/debian/20261101T000000Z/"
+        );
+        assert_eq!(
+            c.debian.effective_security_mirror(),
+            "http://snapshot.debian.org/archive/debian-security/20261101T000000Z/"
+        );
+        let sources = crate::packages::sources(&c, &[]);
+        assert_eq!(
+            sources[0],
+            "deb http://snapshot.debian.org/archive/debian/20261101T000000Z/ bookworm main"
+        );
+        assert!(sources[2].contains("debian-security/20261101T000000Z/ bookworm-security"));
+        assert_eq!(parse(&[]).unwrap().debian.effective_mirror(), "http://deb.debian.org/debian");
     }
 
     /// Each bad value is refused when the configuration is read, and the message names the key
