@@ -58,6 +58,19 @@ pub struct TestReport {
     pub tamper: Option<String>,
     pub failures: Vec<String>,
     pub passed: bool,
+    /// Every check, as a JUnit report lists them.
+    pub cases: Vec<TestCase>,
+}
+
+/// One check of `appliance test`: a boot, the tampered root, the Raspberry Pi files.
+#[derive(Debug, Serialize)]
+pub struct TestCase {
+    /// The group it belongs to: the firmware, "tamper", "raspberry-pi".
+    pub group: String,
+    pub name: String,
+    pub seconds: f64,
+    /// Why it failed; `None` when it passed.
+    pub failure: Option<String>,
 }
 
 pub fn test_image(
@@ -100,6 +113,7 @@ pub fn test_image(
         tamper: None,
         failures: Vec::new(),
         passed: false,
+        cases: Vec::new(),
     };
     for fw in &firmwares {
         let dir = workdir.join(format!("{fw:?}").to_lowercase());
@@ -107,9 +121,17 @@ pub fn test_image(
             "{fw:?}: first and second boot of a disk grown to {} GiB ...",
             scenarios::GROWN_DISK_BYTES >> 30
         ));
+        let started = std::time::Instant::now();
+        let group = format!("{fw:?}").to_lowercase();
         match scenarios::first_and_second_boot(&img, *fw, &dir, timeout) {
             Ok(outcomes) => {
                 for o in outcomes {
+                    report.cases.push(TestCase {
+                        group: group.clone(),
+                        name: format!("boot {}", o.boot),
+                        seconds: o.seconds_to_marker,
+                        failure: None,
+                    });
                     say(format!(
                         "  {fw:?} boot {}: ready after {:.1} s (guest uptime {} s), all checks passed",
                         o.boot,
@@ -127,6 +149,12 @@ pub fn test_image(
             Err(e) => {
                 say(format!("  {fw:?}: FAILED: {e:#}"));
                 report.failures.push(format!("{fw:?}: {e:#}"));
+                report.cases.push(TestCase {
+                    group: group.clone(),
+                    name: "first and second boot".into(),
+                    seconds: started.elapsed().as_secs_f64(),
+                    failure: Some(format!("{e:#}")),
+                });
             }
         }
     }
@@ -135,7 +163,16 @@ pub fn test_image(
         say(format!(
             "{fw:?}: booting with one byte of the root partition changed ..."
         ));
-        match scenarios::tampered_root_is_refused(&img, fw, &workdir.join("tamper"), timeout) {
+        let started = std::time::Instant::now();
+        let result =
+            scenarios::tampered_root_is_refused(&img, fw, &workdir.join("tamper"), timeout);
+        report.cases.push(TestCase {
+            group: "tamper".into(),
+            name: "a changed byte of the root is refused".into(),
+            seconds: started.elapsed().as_secs_f64(),
+            failure: result.as_ref().err().map(|e| format!("{e:#}")),
+        });
+        match result {
             Ok(t) => {
                 say(format!(
                     "  refused after {:.1} s (byte at offset {}): {}",
@@ -151,7 +188,14 @@ pub fn test_image(
     }
     if has_raspberry_pi_boot_files(image) {
         say("Raspberry Pi boot files: checking them as the Pi firmware reads them ...".into());
-        match crate::bootloaders::raspberry_pi::check_image(image) {
+        let result = crate::bootloaders::raspberry_pi::check_image(image);
+        report.cases.push(TestCase {
+            group: "raspberry-pi".into(),
+            name: "boot files as the Pi firmware reads them".into(),
+            seconds: 0.0,
+            failure: result.as_ref().err().map(|e| format!("{e:#}")),
+        });
+        match result {
             Ok(c) => say(format!(
                 "  {} files on the ESP; cmdline.txt: {}",
                 c.files.len(),

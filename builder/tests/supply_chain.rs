@@ -49,7 +49,10 @@ fn overrides(dir: &Path) -> Vec<String> {
             "updates.trusted_keys=[\"{}\"]",
             dir.join("keys/appliance-signing.pub").display()
         ),
-        format!("packages.lock_file=\"{}\"", dir.join("appliance.lock").display()),
+        format!(
+            "packages.lock_file=\"{}\"",
+            dir.join("appliance.lock").display()
+        ),
     ]
 }
 
@@ -76,7 +79,12 @@ fn signed() -> &'static Signed {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         run_ok(
-            vec!["key".into(), "generate".into(), "--out".into(), dir.join("keys").display().to_string()],
+            vec![
+                "key".into(),
+                "generate".into(),
+                "--out".into(),
+                dir.join("keys").display().to_string(),
+            ],
             &[],
         );
         let key = dir.join("keys/appliance-signing");
@@ -84,7 +92,10 @@ fn signed() -> &'static Signed {
         run_ok(with_sets(&["lock"], &sets), &[]);
         let out = dir.join("out");
         run_ok(
-            with_sets(&["build", "--locked", "--out", &out.display().to_string()], &sets),
+            with_sets(
+                &["build", "--locked", "--out", &out.display().to_string()],
+                &sets,
+            ),
             &[("APPLIANCE_SIGNING_KEY", &key)],
         );
         Signed {
@@ -99,16 +110,29 @@ fn signed() -> &'static Signed {
 fn signed_outputs_verify_and_every_change_is_caught() {
     let s = signed();
     let key = s.public_key.display().to_string();
-    let out = appliance(&["verify", &s.out.display().to_string(), "--key", &key], &[]);
-    assert!(out.status.success(), "appliance verify refused a fresh build");
+    let out = appliance(
+        &["verify", &s.out.display().to_string(), "--key", &key],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "appliance verify refused a fresh build"
+    );
     let report = String::from_utf8_lossy(&out.stdout);
     for what in ["signature", "checksums", "root file system", "SBOM"] {
-        assert!(report.contains(what), "verify did not check the {what}:\n{report}");
+        assert!(
+            report.contains(what),
+            "verify did not check the {what}:\n{report}"
+        );
     }
     // A third party with OpenSSH only.
     let allowed = s.dir.join("allowed_signers");
     let public = std::fs::read_to_string(&s.public_key).unwrap();
-    std::fs::write(&allowed, format!("builder namespaces=\"appliance-release\" {public}")).unwrap();
+    std::fs::write(
+        &allowed,
+        format!("builder namespaces=\"appliance-release\" {public}"),
+    )
+    .unwrap();
     let status = Command::new("ssh-keygen")
         .args(["-Y", "verify", "-f"])
         .arg(&allowed)
@@ -117,7 +141,10 @@ fn signed_outputs_verify_and_every_change_is_caught() {
         .stdin(std::fs::File::open(s.out.join("SHA256SUMS")).unwrap())
         .status()
         .expect("ssh-keygen (run `appliance doctor --install`)");
-    assert!(status.success(), "ssh-keygen -Y verify refused SHA256SUMS.sig");
+    assert!(
+        status.success(),
+        "ssh-keygen -Y verify refused SHA256SUMS.sig"
+    );
 
     // A copy of the outputs with one thing changed at a time.
     let cases: Vec<(&str, Change, &str)> = vec![
@@ -168,12 +195,26 @@ fn signed_outputs_verify_and_every_change_is_caught() {
         change(&copy);
         let out = appliance(&["verify", &copy.display().to_string(), "--key", &key], &[]);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "verify accepted outputs with {what} changed");
-        assert!(err.contains(expect), "{what}: {err:?} should say {expect:?}");
+        assert!(
+            !out.status.success(),
+            "verify accepted outputs with {what} changed"
+        );
+        assert!(
+            err.contains(expect),
+            "{what}: {err:?} should say {expect:?}"
+        );
     }
     // Another key is refused.
     let other = s.dir.join("other-keys");
-    run_ok(vec!["key".into(), "generate".into(), "--out".into(), other.display().to_string()], &[]);
+    run_ok(
+        vec![
+            "key".into(),
+            "generate".into(),
+            "--out".into(),
+            other.display().to_string(),
+        ],
+        &[],
+    );
     let out = appliance(
         &[
             "verify",
@@ -192,7 +233,11 @@ type Change = Box<dyn Fn(&Path)>;
 
 fn flip_byte(file: &Path, offset: u64) {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(file).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
     let mut b = [0u8];
     f.seek(SeekFrom::Start(offset)).unwrap();
     f.read_exact(&mut b).unwrap();
@@ -202,7 +247,10 @@ fn flip_byte(file: &Path, offset: u64) {
 
 /// Puts the new checksum of `name` into SHA256SUMS (the signature then no longer matches).
 fn resum(dir: &Path, name: &str) {
-    let out = Command::new("sha256sum").arg(dir.join(name)).output().unwrap();
+    let out = Command::new("sha256sum")
+        .arg(dir.join(name))
+        .output()
+        .unwrap();
     let sum = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -245,7 +293,12 @@ fn spdx_tools() -> PathBuf {
         && Command::new(python)
             .args(["-m", "pip", "--python"])
             .arg(bin.join("python"))
-            .args(["install", "--quiet", "spdx-tools==0.8.5", "ntia-conformance-checker==6.0.0"])
+            .args([
+                "install",
+                "--quiet",
+                "spdx-tools==0.8.5",
+                "ntia-conformance-checker==6.0.0",
+            ])
             .status()
             .unwrap()
             .success();
@@ -258,14 +311,21 @@ fn the_sbom_passes_independent_validators_and_describes_the_image() {
     let s = signed();
     let sbom = s.out.join("jitsi-appliance.spdx.json");
     let bin = spdx_tools();
-    let out = Command::new(bin.join("pyspdxtools")).arg("-i").arg(&sbom).output().unwrap();
+    let out = Command::new(bin.join("pyspdxtools"))
+        .arg("-i")
+        .arg(&sbom)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "pyspdxtools refused the SBOM:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = Command::new(bin.join("sbomcheck")).arg(&sbom).output().unwrap();
+    let out = Command::new(bin.join("sbomcheck"))
+        .arg(&sbom)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "the SBOM does not meet the NTIA minimum elements:\n{}",
@@ -280,23 +340,45 @@ fn the_sbom_passes_independent_validators_and_describes_the_image() {
         .iter()
         .filter(|p| p["SPDXID"].as_str().unwrap().starts_with("SPDXRef-deb-"))
         .collect();
-    assert_eq!(debs.len(), locked.len(), "every locked package is in the SBOM");
-    let bash = debs.iter().find(|p| p["name"] == "bash").expect("bash in the SBOM");
+    assert_eq!(
+        debs.len(),
+        locked.len(),
+        "every locked package is in the SBOM"
+    );
+    let bash = debs
+        .iter()
+        .find(|p| p["name"] == "bash")
+        .expect("bash in the SBOM");
     assert_eq!(bash["supplier"], "Organization: Debian");
     assert!(bash["externalRefs"][0]["referenceLocator"]
         .as_str()
         .unwrap()
         .starts_with("pkg:deb/debian/bash@"));
-    assert_eq!(bash["checksums"][0]["checksumValue"].as_str().unwrap().len(), 64);
-    assert_ne!(bash["licenseDeclared"], "NOASSERTION", "bash's copyright file is machine-readable");
+    assert_eq!(
+        bash["checksums"][0]["checksumValue"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    assert_ne!(
+        bash["licenseDeclared"], "NOASSERTION",
+        "bash's copyright file is machine-readable"
+    );
     let crates = packages
         .iter()
         .filter(|p| p["SPDXID"].as_str().unwrap().starts_with("SPDXRef-crate-"))
         .count();
-    assert!(crates > 10, "the crates of appliance-admin are listed ({crates})");
+    assert!(
+        crates > 10,
+        "the crates of appliance-admin are listed ({crates})"
+    );
     let rels = doc["relationships"].as_array().unwrap();
     for kind in ["DESCRIBES", "CONTAINS", "DEPENDS_ON"] {
-        assert!(rels.iter().any(|r| r["relationshipType"] == kind), "no {kind} relationship");
+        assert!(
+            rels.iter().any(|r| r["relationshipType"] == kind),
+            "no {kind} relationship"
+        );
     }
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(s.out.join("jitsi-appliance.manifest.json")).unwrap(),
@@ -325,20 +407,43 @@ fn a_lock_that_no_longer_matches_stops_the_build_and_names_the_packages() {
     packages[1]["sha256"] = toml::Value::String("0".repeat(64));
     std::fs::write(dir.join("appliance.lock"), toml::to_string(&lock).unwrap()).unwrap();
     let mut sets = overrides(&s.dir);
-    sets.push(format!("packages.lock_file=\"{}\"", dir.join("appliance.lock").display()));
-    let args = with_sets(&["build", "--locked", "--out", &dir.join("out").display().to_string()], &sets);
+    sets.push(format!(
+        "packages.lock_file=\"{}\"",
+        dir.join("appliance.lock").display()
+    ));
+    let args = with_sets(
+        &[
+            "build",
+            "--locked",
+            "--out",
+            &dir.join("out").display().to_string(),
+        ],
+        &sets,
+    );
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = appliance(&refs, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a build from a drifted lock succeeded");
-    assert!(err.contains(&second) && err.contains("do not match the SHA-256"), "{err}");
-    assert!(!dir.join("out/jitsi-appliance.raw").exists(), "nothing may be made");
+    assert!(
+        !out.status.success(),
+        "a build from a drifted lock succeeded"
+    );
+    assert!(
+        err.contains(&second) && err.contains("do not match the SHA-256"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("out/jitsi-appliance.raw").exists(),
+        "nothing may be made"
+    );
     // With the changed hash put back, the missing version is named.
     packages_fix(&dir, &text, &first);
     let out = appliance(&refs, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains(&first) && err.contains("not available"), "{err}");
+    assert!(
+        err.contains(&first) && err.contains("not available"),
+        "{err}"
+    );
 }
 
 /// Writes the original lock with only `name` set to an impossible version.
@@ -357,7 +462,10 @@ fn a_locked_build_from_a_mirror_without_network_in_another_directory_is_identica
     let s = signed();
     let mirror = s.dir.join("mirror");
     run_ok(
-        with_sets(&["mirror", "export", &mirror.display().to_string()], &overrides(&s.dir)),
+        with_sets(
+            &["mirror", "export", &mirror.display().to_string()],
+            &overrides(&s.dir),
+        ),
         &[],
     );
     assert!(mirror.join("dists/bookworm/InRelease").is_file());
@@ -367,7 +475,10 @@ fn a_locked_build_from_a_mirror_without_network_in_another_directory_is_identica
     let _ = std::fs::remove_dir_all(&other);
     std::fs::create_dir_all(&other).unwrap();
     let mut sets = overrides(&s.dir);
-    sets.push(format!("packages.cache_dir=\"{}\"", other.join("cache").display()));
+    sets.push(format!(
+        "packages.cache_dir=\"{}\"",
+        other.join("cache").display()
+    ));
     let out = other.join("out");
     let mut args: Vec<String> = vec!["--net".into(), env!("CARGO_BIN_EXE_appliance").into()];
     args.extend(with_sets(
@@ -386,11 +497,17 @@ fn a_locked_build_from_a_mirror_without_network_in_another_directory_is_identica
     let status = Command::new("unshare")
         .current_dir(repo_root())
         .args(&args)
-        .env("APPLIANCE_SIGNING_KEY", s.dir.join("keys/appliance-signing"))
+        .env(
+            "APPLIANCE_SIGNING_KEY",
+            s.dir.join("keys/appliance-signing"),
+        )
         .status()
         .expect("unshare (util-linux)");
     assert!(status.success(), "the offline build failed");
     let a = std::fs::read_to_string(s.out.join("SHA256SUMS")).unwrap();
     let b = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
-    assert_eq!(a, b, "two builds of the same lock differ (see the SHA256SUMS above)");
+    assert_eq!(
+        a, b,
+        "two builds of the same lock differ (see the SHA256SUMS above)"
+    );
 }

@@ -104,7 +104,9 @@ fn run_stages(ctx: &mut BuildCtx) -> Result<BuildSummary> {
     let verity = ctx.stage("verity", |c| verity::compute(c, &squashfs))?;
     let boot = ctx.stage("boot", |c| boot::prepare(c, &packages, &verity))?;
     let image_key = outputs::image_key(ctx, &packages, &system)?;
-    let disk = ctx.stage("disk", |c| disk::write(c, &image_key, &squashfs, &verity, &boot))?;
+    let disk = ctx.stage("disk", |c| {
+        disk::write(c, &image_key, &squashfs, &verity, &boot)
+    })?;
     let parts = outputs::Parts {
         keyrings: &keyrings,
         packages: &packages,

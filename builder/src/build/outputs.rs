@@ -10,13 +10,12 @@ use appliance_spec::layout::ALIGN;
 use appliance_spec::signature::NAMESPACE_RELEASE;
 
 use super::boot::BootFiles;
-use super::disk::{Disk, Image};
 use super::cache::KeyBuilder;
+use super::disk::{Disk, Image};
 use super::keys::Keyrings;
-use super::system::SystemLayer;
-use appliance_spec::signature::TrustedKeys;
 use super::packages::PackageLayer;
 use super::squashfs::Squashfs;
+use super::system::SystemLayer;
 use super::verity::RootVerity;
 use super::BuildCtx;
 use crate::config::Format;
@@ -24,6 +23,7 @@ use crate::formats;
 use crate::lock::Lock;
 use crate::outputs::{self, Manifest, ManifestVerity, OutputFile, Provenance};
 use crate::progress::human_bytes;
+use appliance_spec::signature::TrustedKeys;
 
 /// Hidden file in the output directory naming the inputs its outputs were made from.
 const STAMP: &str = ".build-key";
@@ -58,7 +58,10 @@ pub fn unchanged(ctx: &BuildCtx, key: &str) -> Result<Option<Vec<OutputFile>>> {
     if let Some(k) = &ctx.signing {
         let trusted = TrustedKeys::parse(&k.public_line()?, "the signing key")?;
         let sig = std::fs::read(dir.join("SHA256SUMS.sig")).unwrap_or_default();
-        if trusted.verify(NAMESPACE_RELEASE, sums.as_bytes(), &sig).is_err() {
+        if trusted
+            .verify(NAMESPACE_RELEASE, sums.as_bytes(), &sig)
+            .is_err()
+        {
             return Ok(None);
         }
     }
@@ -204,7 +207,10 @@ pub fn write(
     parts: &Parts,
     key: &str,
 ) -> Result<(Outputs, String)> {
-    let image = ctx.opts.out_dir.join(format!("{}.raw", ctx.config.image.name));
+    let image = ctx
+        .opts
+        .out_dir
+        .join(format!("{}.raw", ctx.config.image.name));
     let mut disk = match disk {
         Image::Written(disk) => disk,
         Image::Unchanged(files) => {

@@ -360,7 +360,10 @@ mod tests {
             "deb http://snapshot.debian.org/archive/debian/20261101T000000Z/ bookworm main"
         );
         assert!(sources[2].contains("debian-security/20261101T000000Z/ bookworm-security"));
-        assert_eq!(parse(&[]).unwrap().debian.effective_mirror(), "http://deb.debian.org/debian");
+        assert_eq!(
+            parse(&[]).unwrap().debian.effective_mirror(),
+            "http://deb.debian.org/debian"
+        );
     }
 
     /// Each bad value is refused when the configuration is read, and the message names the key
