@@ -25,7 +25,7 @@ mod verity;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use cache::tree_hash;
 pub use context::{BuildCtx, Identifiers};
@@ -68,7 +68,7 @@ impl BuildOptions {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct BuildSummary {
     pub image: PathBuf,
     pub outputs: Vec<OutputFile>,
@@ -79,9 +79,9 @@ pub struct BuildSummary {
     pub total_seconds: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LayerSummary {
-    pub layer: &'static str,
+    pub layer: String,
     pub key: String,
     pub cached: bool,
 }
@@ -121,12 +121,12 @@ fn run_stages(ctx: &mut BuildCtx) -> Result<BuildSummary> {
         root_hash: verity.root_hash(),
         layers: vec![
             LayerSummary {
-                layer: "packages",
+                layer: "packages".into(),
                 key: packages.key.clone(),
                 cached: packages.cached,
             },
             LayerSummary {
-                layer: "system",
+                layer: "system".into(),
                 key: system.key.clone(),
                 cached: system.tree.is_none(),
             },

@@ -75,7 +75,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             .layers
             .iter()
             .filter(|l| l.cached)
-            .map(|l| l.layer)
+            .map(|l| l.layer.as_str())
             .collect();
         let note = if cached.is_empty() {
             String::new()
