@@ -18,6 +18,7 @@ pub mod flash;
 pub mod formats;
 pub mod host;
 pub mod inspect;
+pub mod interrupt;
 pub mod junit;
 pub mod lock;
 pub mod locked_repo;

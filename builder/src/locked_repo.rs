@@ -178,8 +178,10 @@ pub struct RepoKey {
 
 impl RepoKey {
     pub fn open_or_create(cache_dir: &Path) -> Result<RepoKey> {
-        let home = cache_dir.join("repo-key");
-        let keyring = home.join("repo-key.gpg");
+        // apt takes a signed-by value that is not an absolute path for a fingerprint.
+        let home = std::path::absolute(cache_dir.join("repo-key"))?;
+        // Outside gpg's private home: apt reads it as the unprivileged user _apt.
+        let keyring = std::path::absolute(cache_dir.join("repo-key.gpg"))?;
         if !keyring.is_file() {
             std::fs::create_dir_all(&home)?;
             use std::os::unix::fs::PermissionsExt;

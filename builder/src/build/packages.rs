@@ -63,6 +63,15 @@ impl PackageLayer {
     }
 }
 
+/// The package layer's cache key: what mmdebstrap installs and with what, without paths.
+pub fn layer_key(config: &Config, plan: &packages::RootfsPlan) -> String {
+    KeyBuilder::new("package layer")
+        .part("layout", LAYER_LAYOUT)
+        .part("source date epoch", config.image.source_date_epoch.to_string())
+        .part("mmdebstrap", &plan.key_input)
+        .finish()
+}
+
 /// The host's cache of downloaded `.deb` files for the configuration's suite and architecture.
 pub fn deb_cache_dir(config: &Config) -> Result<PathBuf> {
     let dir = config.resolve(&config.packages.cache_dir).join(format!(
@@ -114,14 +123,7 @@ pub fn install(ctx: &mut BuildCtx, keyrings: &Keyrings) -> Result<(PackageLayer,
         &deb_cache,
         &partial.join("apt-lists"),
     )?;
-    let key = KeyBuilder::new("package layer")
-        .part("layout", LAYER_LAYOUT)
-        .part(
-            "source date epoch",
-            config.image.source_date_epoch.to_string(),
-        )
-        .part("mmdebstrap", &plan.key_input)
-        .finish();
+    let key = layer_key(config, &plan);
     let dir = layers.join(format!("packages-{}", cache::short(&key)));
     if dir.join("root.tar").is_file() && !ctx.opts.refresh {
         cache::touch(&dir);
@@ -216,5 +218,75 @@ fn layer(
         contents,
         hooks,
         lock,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// The package layer's key for the project's appliance.toml with `overrides`, its features
+    /// taken from `features` (a copy of overlays/ the test may change).
+    fn key(features: &Path, overrides: &[&str]) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        o.push("jitsi.enabled=false".into());
+        o.push(format!("features.dir=\"{}\"", features.display()));
+        let config = Config::load(&root.join("appliance.toml"), &o).unwrap();
+        let features = crate::features::load(&config).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let hooks = rootfs::write_hook_files(&config, &features, work.path()).unwrap();
+        let plan = packages::plan(
+            &config,
+            &features,
+            &PackageSource::Archive { keyrings: &[] },
+            &hooks,
+            Path::new("/cache"),
+            Path::new("/lists"),
+        )
+        .unwrap();
+        layer_key(&config, &plan)
+    }
+
+    fn copy_of_features() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlays");
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(src)
+            .arg(d.path().join("overlays"))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        d
+    }
+
+    #[test]
+    fn packages_reinstall_only_when_what_shapes_them_changes() {
+        let d = copy_of_features();
+        let features = d.path().join("overlays");
+        let base = key(&features, &[]);
+        assert_eq!(base, key(&features, &[]), "the same inputs give the same key");
+        // A feature's file and its customize hook belong to the system layer.
+        std::fs::write(features.join("base/files/etc/motd-extra"), "changed\n").unwrap();
+        let hook = features.join("base/customize.sh");
+        let text = std::fs::read_to_string(&hook).unwrap();
+        std::fs::write(&hook, format!("{text}\ntrue\n")).unwrap();
+        assert_eq!(base, key(&features, &[]), "a changed file or hook must not reinstall");
+        // The package list, and the initrd's settings (the kernel's install script builds the
+        // initrd in this layer), do.
+        assert_ne!(base, key(&features, &["packages.include=[\"htop\"]"]));
+        let dracut = features.join("boot/install/etc/dracut.conf.d/50-appliance.conf.j2");
+        let text = std::fs::read_to_string(&dracut).unwrap();
+        std::fs::write(&dracut, format!("{text}add_drivers+=\" usb_storage \"\n")).unwrap();
+        assert_ne!(base, key(&features, &[]), "a dracut setting rebuilds the initrd");
+        // The build directory is not part of it.
+        let moved = tempfile::tempdir().unwrap();
+        std::fs::rename(&features, moved.path().join("overlays")).unwrap();
+        let again = key(&moved.path().join("overlays"), &[]);
+        std::fs::rename(moved.path().join("overlays"), &features).unwrap();
+        assert_eq!(again, key(&features, &[]), "moving the features keeps the key");
     }
 }
