@@ -14,7 +14,7 @@ pub mod features;
 pub mod filesystems;
 pub mod flash;
 pub mod formats;
-pub mod host;
+pub use appliance_qemu_tests::host;
 pub mod inspect;
 pub mod outputs;
 pub mod packages;
