@@ -17,7 +17,6 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-
 use appliance_qemu_tests::free_port;
 use appliance_qemu_tests::host::{require_program, run};
 
