@@ -135,6 +135,10 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
     ("ssh", "openssh-client", false, "tests"),
     ("ssh-keygen", "openssh-client", false, "tests"),
     ("openssl", "openssl", false, "tests"),
+    // The meeting tests' HTTPS and XMPP clients (crate appliance-scenarios) link the host's
+    // OpenSSL; the `appliance` binary itself does not, so doctor builds without them.
+    ("pkg-config", "pkg-config", false, "tests"),
+    ("/usr/include/openssl/ssl.h", "libssl-dev", false, "tests"),
     // Let's Encrypt's test server and the ACME client the image uses, for the offline test.
     ("pebble", "pebble", false, "tests"),
     ("dehydrated", "dehydrated", false, "tests"),

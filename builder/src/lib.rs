@@ -16,7 +16,7 @@ pub mod features;
 pub mod filesystems;
 pub mod flash;
 pub mod formats;
-pub mod host;
+pub use appliance_qemu_tests::host;
 pub mod inspect;
 pub mod interrupt;
 pub mod junit;

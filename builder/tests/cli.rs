@@ -130,3 +130,43 @@ fn inspect_of_a_non_image_is_a_clear_error() {
     assert_clean_error(&o);
     assert!(stderr(&o).contains("not-an-image.raw"), "{}", stderr(&o));
 }
+
+/// The shipped binary carries no TLS stack: the network clients of the meeting tests live in
+/// the test-only crate `appliance-scenarios`, which the builder does not depend on.
+#[test]
+fn the_binary_links_no_tls_library() {
+    let ldd =
+        appliance::host::require_program("ldd", "libc-bin").unwrap_or_else(|e| panic!("{e:#}"));
+    let out = appliance::host::run(Command::new(ldd).arg(env!("CARGO_BIN_EXE_appliance")))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let libs = String::from_utf8_lossy(&out.stdout);
+    assert!(libs.contains("libc.so"), "ldd listed no libc: {libs}");
+    for tls in ["libssl", "libcrypto"] {
+        assert!(
+            !libs.contains(tls),
+            "the appliance binary links {tls}:\n{libs}"
+        );
+    }
+}
+
+/// Nor can one come back through a dependency: no TLS, HTTP or XML crate is reachable from the
+/// `appliance` package's normal dependencies.
+#[test]
+fn no_tls_crate_is_a_dependency() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = appliance::host::run(
+        Command::new(cargo)
+            .current_dir(repo_root())
+            .args(["tree", "--offline", "-p", "appliance", "-e", "normal"])
+            .args(["--prefix", "none", "--format", "{p}"]),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(tree.contains("appliance-qemu-tests"), "{tree}");
+    for name in ["openssl", "native-tls", "ureq", "quick-xml"] {
+        assert!(
+            !tree.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "the appliance package depends on {name}:\n{tree}"
+        );
+    }
+}

@@ -1,22 +1,19 @@
-//! QEMU boot-test harness for appliance images.
+//! QEMU boot-test harness for appliance images: what `appliance test` and `appliance run` need,
+//! and nothing that speaks to the network (the meeting-server checks, with their HTTPS, XMPP and
+//! SSH clients, are the test-only crate `appliance-scenarios` in `scenarios/`).
 //!
 //! [`Machine`] runs one guest with its serial console on a socket that a background thread
 //! reads into a shared buffer; [`boot_and_report`] boots an image until it prints its
-//! `APPLIANCE-READY` line, which [`BootReport`] parses and checks.
+//! `APPLIANCE-READY` line, which [`BootReport`] parses and checks. [`scenarios`] holds the
+//! boot checks (first and second boot, tampered root), [`host`] runs host programs, and
+//! [`test_image`] is the configuration of the image the cargo tests build.
 
 pub mod accel;
 pub mod console;
-pub mod dns;
-pub mod hardening;
-pub mod hosttools;
-pub mod http;
+pub mod host;
 pub mod machine;
-pub mod meeting;
-pub mod pebble;
-
 pub mod scenarios;
-pub mod ssh;
-pub mod xmpp;
+pub mod test_image;
 
 use std::time::{Duration, Instant};
 

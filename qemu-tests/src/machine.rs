@@ -155,13 +155,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Looks `name` up in PATH, the way the shell would.
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
 fn require_file(path: &Path, package: &str) -> Result<()> {
     if path.is_file() {
         Ok(())
@@ -318,7 +311,7 @@ impl Machine {
     /// Spawns QEMU (paused), connects QMP and the serial console, then resumes the guest.
     pub fn start(cfg: &MachineConfig) -> Result<Machine> {
         let binary = qemu_binary(cfg.arch);
-        let qemu = find_in_path(binary).ok_or_else(|| {
+        let qemu = crate::host::find_program(binary).ok_or_else(|| {
             anyhow!(
                 "{binary} not found in PATH: install it with \
                  `apt-get install -t bookworm-backports {}`",

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::host::run;
 use crate::{boot_and_report, Arch, BootReport, Expect, Firmware, Machine, MachineConfig};
 
 /// What the checks need to know about the image.
@@ -171,7 +172,8 @@ pub fn overlay(base: &Path, disk: &Path, size: u64) -> Result<()> {
         .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
         .arg(&base)
         .arg(disk)
-        .arg(size.to_string()))
+        .arg(size.to_string()))?;
+    Ok(())
 }
 
 fn read_byte(file: &Path, offset: u64) -> Result<u8> {
@@ -187,25 +189,6 @@ fn write_byte_qcow2(disk: &Path, offset: u64, value: u8) -> Result<()> {
     run(Command::new("qemu-io")
         .args(["-f", "qcow2", "-c"])
         .arg(format!("write -P 0x{value:02x} {offset} 1"))
-        .arg(disk))
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd.output().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            anyhow::anyhow!(
-                "{program} is not installed (package qemu-utils); run `appliance doctor --install`"
-            )
-        } else {
-            anyhow::anyhow!("cannot run {program}: {e}")
-        }
-    })?;
-    if !out.status.success() {
-        bail!(
-            "{program} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+        .arg(disk))?;
     Ok(())
 }

@@ -15,8 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use appliance_admin::fsutil;
-use appliance_qemu_tests::http::Trust;
-use appliance_qemu_tests::xmpp::{BoshClient, Outcome};
+use appliance_scenarios::http::Trust;
+use appliance_scenarios::xmpp::{BoshClient, Outcome};
 use common::{
     free_port, is_root, overlay, require, run, text, Machine, DOMAIN, HOST, HOST_PASSWORD,
     SPEC_CERT,

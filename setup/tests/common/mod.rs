@@ -215,14 +215,7 @@ impl Machine {
 
 /// A host program a check needs, or a failure saying how to install it.
 pub fn require(program: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{program}` is missing (Debian package `{package}`): install the host tools with `appliance doctor --install` (as root)")
-        })
+    appliance_qemu_tests::host::require_program(program, package).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 pub fn run(cmd: &mut Command) -> Output {

@@ -2,7 +2,7 @@
 //! systemd's exposure score of each network service and Lynis' hardening index. Lynis takes many
 //! minutes under TCG, which is why this is a measurement and not part of the tests.
 //!
-//!     cargo run --release -p appliance-qemu-tests --example audit -- [IMAGE]
+//!     cargo run --release -p appliance-scenarios --example audit -- [IMAGE]
 //!
 //! IMAGE defaults to build/test-out/jitsi-appliance.raw (made by the boot tests); its
 //! manifest.json must be beside it.
@@ -11,9 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use appliance_qemu_tests::meeting::{self, Ports};
-use appliance_qemu_tests::ssh::{KeyPair, Ssh};
-use appliance_qemu_tests::{hardening, Arch};
+use appliance_qemu_tests::scenarios::overlay;
+use appliance_qemu_tests::Arch;
+use appliance_scenarios::disk::copy_with_seed;
+use appliance_scenarios::hardening;
+use appliance_scenarios::meeting;
+use appliance_scenarios::session::{machine_config, Ports, Session, Setup};
+use appliance_scenarios::ssh::{KeyPair, Ssh};
 
 fn main() {
     if let Err(e) = run() {
@@ -50,35 +54,37 @@ fn run() -> Result<()> {
         meeting::HOST_PASSWORD
     );
     let seeded = work.join("seeded.raw");
-    meeting::copy_with_seed(&image, esp, &seed, &seeded)?;
+    copy_with_seed(&image, esp, &seed, &seeded)?;
     let disk = work.join("disk.qcow2");
-    meeting::overlay_disk(&seeded, &disk, 6 << 30)?;
+    overlay(&seeded, &disk, 6 << 30)?;
     let ports = Ports::free()?;
-    let cfg = meeting::machine_config(Arch::X86_64, &disk, work.join("boot"), ports);
+    let cfg = machine_config(Arch::X86_64, &disk, work.join("boot"), ports);
     let ssh = Ssh::new(ports.ssh, "admin", key.private.clone());
-    let (machine, _, elapsed) =
-        meeting::boot_expecting(&cfg, "done", Duration::from_secs(600), Some(&ssh))?;
-    println!("booted and set up in {:.1} s", elapsed.as_secs_f64());
-    let result = (|| -> Result<()> {
-        ssh.wait_until_up(Duration::from_secs(120))?;
-        let report = hardening::check(&ssh, false)?;
-        for c in &report.checks {
-            println!("ok: {c}");
-        }
-        for (unit, score) in &report.exposure {
-            println!("exposure {unit}: {score:.1}");
-        }
-        let t = Instant::now();
-        let index = hardening::lynis_index(&ssh)?;
-        println!(
-            "Lynis hardening index: {index} (audit took {:.0} s)",
-            t.elapsed().as_secs_f64()
-        );
-        for f in hardening::lynis_findings(&ssh)? {
-            println!("lynis {f}");
-        }
-        Ok(())
-    })();
-    let _ = machine.power_off();
-    result
+    let session = Session::boot(
+        "the audited machine",
+        &cfg,
+        ports,
+        ssh,
+        Setup::Done,
+        Duration::from_secs(600),
+    )?;
+    println!("booted and set up in {:.1} s", session.seconds_to_ready);
+    session.wait_for_ssh()?;
+    let report = session.step("hardening checks", |m| hardening::check(&m.ssh, false))?;
+    for c in &report.checks {
+        println!("ok: {c}");
+    }
+    for (unit, score) in &report.exposure {
+        println!("exposure {unit}: {score:.1}");
+    }
+    let t = Instant::now();
+    let index = session.step("Lynis", |m| hardening::lynis_index(&m.ssh))?;
+    println!(
+        "Lynis hardening index: {index} (audit took {:.0} s)",
+        t.elapsed().as_secs_f64()
+    );
+    for f in session.step("Lynis' findings", |m| hardening::lynis_findings(&m.ssh))? {
+        println!("lynis {f}");
+    }
+    session.cut_power()
 }

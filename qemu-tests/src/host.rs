@@ -1,13 +1,14 @@
-//! Running the host tools the build relies on (mmdebstrap, mksquashfs, gpg, ...) with errors
-//! that say which tool failed, how, and what to do about it.
+//! Running host programs (the build's mmdebstrap, mksquashfs, gpg, ...; the tests' qemu-img,
+//! openssl, ssh, ...) with errors that say which program failed, how, and what to do about it.
+//! The builder re-exports this module as `appliance::host`.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-/// Runs `cmd` to completion, capturing output; fails with the tail of stderr.
+/// Runs `cmd` to completion, capturing output; fails with the tails of stderr and stdout.
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let program = program_name(cmd);
     let out = cmd
@@ -15,11 +16,16 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
         .output()
         .map_err(|e| spawn_error(&program, e))?;
     if !out.status.success() {
-        bail!(
+        let mut msg = format!(
             "{program} failed ({}):\n{}",
             out.status,
             tail(&String::from_utf8_lossy(&out.stderr), 30)
         );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !stdout.trim().is_empty() {
+            msg.push_str(&format!("\n--- its output ---\n{}", tail(&stdout, 30)));
+        }
+        bail!(msg);
     }
     Ok(out)
 }
@@ -85,18 +91,28 @@ fn forward_lines(r: impl Read, tx: std::sync::mpsc::Sender<String>) {
     }
 }
 
-/// The full path of `program`, searching the sbin directories too: root's PATH usually has
-/// them, a user's may not.
-pub fn find_program(program: &str) -> Option<std::path::PathBuf> {
+/// Where the programs are looked for after PATH: root's PATH usually has the sbin directories,
+/// a user's may not, and a test runner's PATH may be minimal.
+const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+/// The full path of `program`: PATH first, then [`SYSTEM_DIRS`].
+pub fn find_program(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(
-            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-                .iter()
-                .map(Into::into),
-        )
+        .chain(SYSTEM_DIRS.iter().map(PathBuf::from))
         .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+/// [`find_program`], failing with what to install when `program` is missing.
+pub fn require_program(program: &str, package: &str) -> Result<PathBuf> {
+    find_program(program).ok_or_else(|| {
+        anyhow!(
+            "`{program}` is not installed on this host (package {package}): run \
+             `appliance doctor --install` (as root) to install the host tools, or \
+             `apt-get install -y {package}`"
+        )
+    })
 }
 
 fn program_name(cmd: &Command) -> String {
@@ -128,4 +144,41 @@ pub fn is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_program_names_the_package_and_the_doctor() {
+        let err = require_program("no-such-program-xyz", "no-such-package").unwrap_err();
+        let msg = format!("{err}");
+        assert!(msg.contains("apt-get install -y no-such-package"), "{msg}");
+        assert!(msg.contains("appliance doctor --install"), "{msg}");
+        assert!(find_program("sh").is_some());
+    }
+
+    #[test]
+    fn failures_quote_stderr_and_stdout() {
+        let err = run(Command::new("sh").args(["-c", "echo out-line; echo err-line >&2; exit 3"]))
+            .unwrap_err();
+        let msg = format!("{err}");
+        assert!(msg.contains("sh failed"), "{msg}");
+        assert!(
+            msg.contains("err-line") && msg.contains("out-line"),
+            "{msg}"
+        );
+        let err = run(&mut Command::new("no-such-program-xyz")).unwrap_err();
+        assert!(
+            format!("{err}").contains("appliance doctor --install"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::hosttools::{find_program, require_program, run_checked};
+use appliance_qemu_tests::host::{self, require_program};
 
 /// An ed25519 key pair in its own temporary directory (removed on drop).
 #[derive(Debug)]
@@ -25,7 +25,7 @@ impl KeyPair {
         let keygen = require_program("ssh-keygen", "openssh-client")?;
         let dir = tempfile::Builder::new().prefix("ssh-key").tempdir()?;
         let private = dir.path().join("id_ed25519");
-        run_checked(
+        host::run(
             Command::new(keygen)
                 .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
                 .arg(&private)
@@ -45,19 +45,6 @@ impl KeyPair {
             .trim()
             .to_string())
     }
-}
-
-/// What a password login attempt showed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PasswordAuth {
-    /// The server offers neither `password` nor `keyboard-interactive`.
-    NotOffered { methods: Vec<String> },
-    /// Offered, and `sshpass` found the password refused.
-    Refused,
-    /// Offered, and the password let us in.
-    Accepted,
-    /// Offered, but `sshpass` is not installed to try it.
-    OfferedUntested { methods: Vec<String> },
 }
 
 /// How the server treated a key.
@@ -176,6 +163,11 @@ impl Ssh {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs `command` through `sudo -n` on the guest; fails with its output unless it exits 0.
+    pub fn sudo(&self, command: &str) -> Result<String> {
+        self.run_ok(&format!("sudo -n {command}"))
+    }
+
     /// Retries `true` until it succeeds or `timeout` passes.
     pub fn wait_until_up(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
@@ -230,44 +222,14 @@ impl Ssh {
         })
     }
 
-    /// Whether the server lets `password` in by password. Prefers to show that password
-    /// authentication is not offered at all; only if it is, tries it through `sshpass`.
-    pub fn try_password(&self, password: &str) -> Result<PasswordAuth> {
+    /// Whether the server offers password authentication (`password` or
+    /// `keyboard-interactive`) to a client that has no key, and the methods it offers.
+    pub fn password_offered(&self) -> Result<(bool, Vec<String>)> {
         let methods = self.offered_auth_methods()?;
-        if !methods
+        let offered = methods
             .iter()
-            .any(|m| m == "password" || m == "keyboard-interactive")
-        {
-            return Ok(PasswordAuth::NotOffered { methods });
-        }
-        let Some(sshpass) = find_program("sshpass") else {
-            return Ok(PasswordAuth::OfferedUntested { methods });
-        };
-        let mut args = self.base_args();
-        // sshpass answers the prompt; BatchMode would suppress it.
-        for opt in [
-            "BatchMode=no",
-            "PubkeyAuthentication=no",
-            "PreferredAuthentications=password,keyboard-interactive",
-            "NumberOfPasswordPrompts=1",
-        ] {
-            args.push("-o".into());
-            args.push(opt.into());
-        }
-        args.push(self.destination());
-        args.extend(["--".to_string(), "true".to_string()]);
-        let out = Command::new(sshpass)
-            .arg("-e")
-            .arg("ssh")
-            .args(args)
-            .env("SSHPASS", password)
-            .stdin(Stdio::null())
-            .output()?;
-        Ok(if out.status.success() {
-            PasswordAuth::Accepted
-        } else {
-            PasswordAuth::Refused
-        })
+            .any(|m| m == "password" || m == "keyboard-interactive");
+        Ok((offered, methods))
     }
 
     /// Tries `other_key` instead of ours.
@@ -347,14 +309,11 @@ mod tests {
     /// Nothing listens on a fresh port: the probe fails instead of claiming no password.
     #[test]
     fn closed_port_is_an_error() {
-        if find_program("ssh").is_none() {
-            eprintln!("ssh not installed (package openssh-client): skipped");
-            return;
-        }
-        let port = crate::free_port().unwrap();
+        require_program("ssh", "openssh-client").unwrap_or_else(|e| panic!("{e:#}"));
+        let port = appliance_qemu_tests::free_port().unwrap();
         let ssh = Ssh::new(port, "admin", "/nonexistent");
         assert!(ssh.offered_auth_methods().is_err());
         assert!(ssh.try_key(Path::new("/nonexistent")).is_err());
-        assert!(ssh.try_password("x").is_err());
+        assert!(ssh.password_offered().is_err());
     }
 }

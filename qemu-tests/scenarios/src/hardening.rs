@@ -5,7 +5,6 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::meeting::sudo;
 use crate::ssh::Ssh;
 
 /// Profiles the image ships; all must be loaded in enforce mode.
@@ -44,7 +43,7 @@ pub struct HardeningReport {
 pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
     let mut r = HardeningReport::default();
 
-    let status = sudo(ssh, "aa-status")?;
+    let status = ssh.sudo("aa-status")?;
     let enforce = section(&status, "profiles are in enforce mode");
     for p in PROFILES {
         if !enforce.iter().any(|l| l == p) {
@@ -54,7 +53,7 @@ pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
     r.checks
         .push(format!("AppArmor: {} profiles enforcing", PROFILES.len()));
 
-    let ps = sudo(ssh, "ps -eo label=,comm=")?;
+    let ps = ssh.sudo("ps -eo label=,comm=")?;
     let mut confined = CONFINED.to_vec();
     if jitsi {
         confined.push(("java", "jicofo|jitsi-videobridge"));
@@ -77,7 +76,7 @@ pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
     r.checks
         .push("nginx, prosody and coturn run confined (ps -eZ)".into());
 
-    let listening = sudo(ssh, "ss -Hlntu")?;
+    let listening = ssh.sudo("ss -Hlntu")?;
     let problems = unexpected_listeners(&listening);
     if !problems.is_empty() {
         bail!(
@@ -88,7 +87,7 @@ pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
     r.checks
         .push("every non-loopback listening socket is in the documented list".into());
 
-    let ruleset = sudo(ssh, "nft list ruleset")?;
+    let ruleset = ssh.sudo("nft list ruleset")?;
     for chain in ["input", "forward"] {
         let has_drop = ruleset
             .lines()
@@ -106,7 +105,7 @@ pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
         "nginx.service prosody.service coturn.service"
     };
     for unit in units.split_whitespace() {
-        let out = sudo(ssh, &format!("systemd-analyze security --no-pager {unit}"))?;
+        let out = ssh.sudo(&format!("systemd-analyze security --no-pager {unit}"))?;
         let score = out
             .lines()
             .find_map(|l| l.split("Overall exposure level for ").nth(1))
@@ -122,19 +121,14 @@ pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
 
 /// Lynis' findings after [`lynis_index`] ran: its warnings and suggestions (test id and text).
 pub fn lynis_findings(ssh: &Ssh) -> Result<Vec<String>> {
-    let report = sudo(
-        ssh,
-        "grep -E '^(warning|suggestion)\\[\\]=' /run/lynis-report.dat",
-    )?;
+    let report = ssh.sudo("grep -E '^(warning|suggestion)\\[\\]=' /run/lynis-report.dat")?;
     Ok(report.lines().map(str::to_string).collect())
 }
 
 /// Lynis' hardening index (0-100) of the running machine; its report goes to RAM. Under TCG
 /// this takes many minutes, so it is a measurement (`examples/audit.rs`), not part of the tests.
 pub fn lynis_index(ssh: &Ssh) -> Result<u32> {
-    let lynis = sudo(
-        ssh,
-        "sh -c 'lynis audit system --quick --no-colors --no-log --report-file /run/lynis-report.dat \
+    let lynis = ssh.sudo("sh -c 'lynis audit system --quick --no-colors --no-log --report-file /run/lynis-report.dat \
          >/dev/null 2>&1; grep ^hardening_index= /run/lynis-report.dat'",
     )
     .context("running Lynis")?;
@@ -147,10 +141,7 @@ pub fn lynis_index(ssh: &Ssh) -> Result<u32> {
 
 /// After the smoke tests: the kernel logged no AppArmor denial.
 pub fn no_denials(ssh: &Ssh) -> Result<()> {
-    let denied = sudo(
-        ssh,
-        "sh -c 'journalctl -k -b --no-pager | grep apparmor=.DENIED || true'",
-    )?;
+    let denied = ssh.sudo("sh -c 'journalctl -k -b --no-pager | grep apparmor=.DENIED || true'")?;
     if !denied.trim().is_empty() {
         bail!("AppArmor denied something during the tests:\n{denied}");
     }

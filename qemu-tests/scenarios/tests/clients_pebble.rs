@@ -15,11 +15,11 @@ use std::thread::{sleep, JoinHandle};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use appliance_qemu_tests::dns::DnsServer;
 use appliance_qemu_tests::free_port;
-use appliance_qemu_tests::hosttools::{require_program, run_checked};
-use appliance_qemu_tests::http::{HttpClient, Trust};
-use appliance_qemu_tests::pebble::{Pebble, PebbleConfig};
+use appliance_qemu_tests::host::{require_program, run};
+use appliance_scenarios::dns::DnsServer;
+use appliance_scenarios::http::{HttpClient, Trust};
+use appliance_scenarios::pebble::{Pebble, PebbleConfig};
 
 const DOMAIN: &str = "meet.localhost";
 
@@ -171,19 +171,18 @@ fn dehydrated_http01_issuance_against_pebble() {
         ),
     )
     .unwrap();
-    let run = |args: &[&str]| -> Result<String> {
-        let out = run_checked(
-            Command::new(&dehydrated)
-                .arg("--config")
-                .arg(&config)
-                .args(args)
-                .env("CURL_CA_BUNDLE", pebble.api_ca_path()),
-        )
+    let dehydrated_run = |args: &[&str]| -> Result<String> {
+        let out = run(Command::new(&dehydrated)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("CURL_CA_BUNDLE", pebble.api_ca_path()))
         .with_context(|| format!("dehydrated {args:?}\n--- pebble ---\n{}", pebble.log()))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    run(&["--register", "--accept-terms"]).unwrap_or_else(|e| panic!("{e:#}"));
-    let issued = run(&["--cron", "--domain", DOMAIN]).unwrap_or_else(|e| panic!("{e:#}"));
+    dehydrated_run(&["--register", "--accept-terms"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let issued =
+        dehydrated_run(&["--cron", "--domain", DOMAIN]).unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("{issued}");
 
     assert!(
@@ -198,24 +197,20 @@ fn dehydrated_http01_issuance_against_pebble() {
     let certdir = basedir.join("certs").join(DOMAIN);
     let roots = work.path().join("roots.pem");
     fs::write(&roots, pebble.issuer_roots_pem().unwrap()).unwrap();
-    let verify = run_checked(
-        Command::new(&openssl)
-            .arg("verify")
-            .arg("-CAfile")
-            .arg(&roots)
-            .arg("-untrusted")
-            .arg(certdir.join("chain.pem"))
-            .arg(certdir.join("cert.pem")),
-    )
+    let verify = run(Command::new(&openssl)
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&roots)
+        .arg("-untrusted")
+        .arg(certdir.join("chain.pem"))
+        .arg(certdir.join("cert.pem")))
     .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(String::from_utf8_lossy(&verify.stdout).contains(": OK"));
 
     // The issued leaf names the domain.
-    let text = run_checked(
-        Command::new(&openssl)
-            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
-            .arg(certdir.join("cert.pem")),
-    )
+    let text = run(Command::new(&openssl)
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(certdir.join("cert.pem")))
     .unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("DNS:{DOMAIN}")));
 

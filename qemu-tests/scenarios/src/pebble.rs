@@ -17,10 +17,10 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use appliance_qemu_tests::free_port;
+use appliance_qemu_tests::host::{require_program, run};
 
-use crate::hosttools::{require_program, run_checked};
 use crate::http::{HttpClient, Trust};
-use crate::machine::free_port;
 
 /// The host's address for a QEMU user-net guest.
 pub const HOST_FROM_GUEST: &str = "10.0.2.2";
@@ -100,28 +100,24 @@ fn make_api_certs(dir: &Path) -> Result<()> {
         "ec_paramgen_curve:prime256v1",
         "-nodes",
     ];
-    run_checked(
-        Command::new(&openssl)
-            .args(["req", "-x509"])
-            .args(ec)
-            .args(["-days", "7", "-subj", "/CN=appliance-tests Pebble API CA"])
-            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-            .arg("-keyout")
-            .arg(dir.join("ca.key"))
-            .arg("-out")
-            .arg(dir.join("ca.pem")),
-    )?;
-    run_checked(
-        Command::new(&openssl)
-            .arg("req")
-            .args(ec)
-            .args(["-subj", "/CN=pebble"])
-            .arg("-keyout")
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("req.pem")),
-    )?;
+    run(Command::new(&openssl)
+        .args(["req", "-x509"])
+        .args(ec)
+        .args(["-days", "7", "-subj", "/CN=appliance-tests Pebble API CA"])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(dir.join("ca.key"))
+        .arg("-out")
+        .arg(dir.join("ca.pem")))?;
+    run(Command::new(&openssl)
+        .arg("req")
+        .args(ec)
+        .args(["-subj", "/CN=pebble"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("req.pem")))?;
     let ext = dir.join("ext.cnf");
     fs::write(
         &ext,
@@ -131,20 +127,18 @@ fn make_api_certs(dir: &Path) -> Result<()> {
              subjectAltName=IP:{HOST_FROM_GUEST},IP:127.0.0.1,DNS:localhost\n"
         ),
     )?;
-    run_checked(
-        Command::new(&openssl)
-            .args(["x509", "-req", "-days", "7", "-set_serial", "2"])
-            .arg("-in")
-            .arg(dir.join("req.pem"))
-            .arg("-CA")
-            .arg(dir.join("ca.pem"))
-            .arg("-CAkey")
-            .arg(dir.join("ca.key"))
-            .arg("-extfile")
-            .arg(&ext)
-            .arg("-out")
-            .arg(dir.join("cert.pem")),
-    )?;
+    run(Command::new(&openssl)
+        .args(["x509", "-req", "-days", "7", "-set_serial", "2"])
+        .arg("-in")
+        .arg(dir.join("req.pem"))
+        .arg("-CA")
+        .arg(dir.join("ca.pem"))
+        .arg("-CAkey")
+        .arg(dir.join("ca.key"))
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(dir.join("cert.pem")))?;
     Ok(())
 }
 

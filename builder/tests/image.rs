@@ -1,25 +1,19 @@
-//! Builds the default appliance (without Jitsi's own packages, which need Jitsi's repository)
-//! with the `appliance` binary, then checks the outputs and boots the image in QEMU.
+//! Builds the test image (see `appliance_qemu_tests::test_image`: the default appliance without
+//! Jitsi's own packages, which need Jitsi's repository, in every output format) with the
+//! `appliance` binary, then checks the outputs and boots the image in QEMU.
 //!
 //! The image is built once per test run (the package cache in `build/` makes later runs fast).
 //! Boots run one at a time: two QEMUs under TCG on a small machine would only slow each other.
 
-mod common;
-
 use std::path::{Path, PathBuf};
-
-use common::{appliance_bin, repo_root};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
-use appliance_qemu_tests::meeting;
+use appliance::host::{require_program, run};
 use appliance_qemu_tests::scenarios::{self, ImageUnderTest};
+use appliance_qemu_tests::test_image::{self, BOOT_TIMEOUT};
 use appliance_qemu_tests::{Arch, Firmware};
-
-const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
-
-static ONE_QEMU_AT_A_TIME: Mutex<()> = Mutex::new(());
+use appliance_spec::esp::SEED_FILE;
 
 struct Built {
     image: PathBuf,
@@ -27,80 +21,48 @@ struct Built {
     manifest: serde_json::Value,
 }
 
+/// `appliance build` of the test image, run once per test binary. Paths are absolute, as in
+/// the scenario tests' library build of the same configuration, so either build finds the
+/// other's root file system in the cache.
 fn built() -> &'static Built {
     static BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
     let r = BUILT.get_or_init(|| {
-        let root = repo_root();
-        let out = root.join("build/test-out");
-        // A package from a local directory of .debs rides along, so the offline package source
-        // is exercised by the same build.
-        let debs = local_deb_dir(&root.join("build/test-debs"))?;
-        let status = Command::new(appliance_bin())
-            .current_dir(&root)
-            .args([
-                "build",
-                "--set",
-                "jitsi.enabled=false",
-                "--set",
-                "image.formats=[\"raw\", \"raw.zst\", \"qcow2\", \"vmdk\", \"vhd\", \"bmap\"]",
-                "--set",
-                &format!("packages.local_debs=\"{}\"", debs.display()),
-                // A partial first-boot seed: the build puts it on the ESP, the machine installs
-                // it as the wizard's default and removes it.
-                "--set",
-                "firstboot.timezone=\"UTC\"",
-                "--out",
-            ])
-            .arg(&out)
+        let overrides = test_image::overrides().map_err(|e| format!("{e:#}"))?;
+        let out = test_image::out_dir();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_appliance"));
+        cmd.current_dir(test_image::repo_root())
+            .arg("build")
+            .arg("--config")
+            .arg(test_image::config_path())
+            .arg("--build-dir")
+            .arg(test_image::build_dir())
+            .arg("--out")
+            .arg(&out);
+        for o in &overrides {
+            cmd.arg("--set").arg(o);
+        }
+        let status = cmd
             .status()
             .map_err(|e| format!("cannot run appliance: {e}"))?;
         if !status.success() {
-            return Err(format!("`appliance build --set jitsi.enabled=false` failed ({status}); its output is above"));
+            return Err(format!(
+                "`appliance build --set jitsi.enabled=false` failed ({status}); its output is above"
+            ));
         }
-        let image = out.join("jitsi-appliance.raw");
         let manifest: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(out.join("jitsi-appliance.manifest.json")).map_err(|e| e.to_string())?,
+            &std::fs::read(out.join(test_image::MANIFEST_FILE)).map_err(|e| e.to_string())?,
         )
         .map_err(|e| e.to_string())?;
-        Ok(Built { image, out, manifest })
+        Ok(Built {
+            image: out.join(test_image::IMAGE_FILE),
+            out,
+            manifest,
+        })
     });
     match r {
         Ok(b) => b,
         Err(e) => panic!("{e}"),
     }
-}
-
-/// Makes a directory holding one small package, `appliance-local-test`, built with dpkg-deb.
-fn local_deb_dir(dir: &Path) -> Result<PathBuf, String> {
-    let tree = dir.join("tree");
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(tree.join("DEBIAN")).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(tree.join("usr/share/appliance-local-test"))
-        .map_err(|e| e.to_string())?;
-    std::fs::write(
-        tree.join("DEBIAN/control"),
-        "Package: appliance-local-test\nVersion: 1.0\nArchitecture: all\nMaintainer: Tests <tests@example.invalid>\n\
-         Depends: zstd\nDescription: marker installed from a local directory of .debs\n",
-    )
-    .map_err(|e| e.to_string())?;
-    std::fs::write(
-        tree.join("usr/share/appliance-local-test/marker"),
-        "local\n",
-    )
-    .map_err(|e| e.to_string())?;
-    let debs = dir.join("debs");
-    std::fs::create_dir_all(&debs).map_err(|e| e.to_string())?;
-    let status = Command::new("dpkg-deb")
-        .args(["--build", "--root-owner-group"])
-        .arg(&tree)
-        .arg(debs.join("appliance-local-test_1.0_all.deb"))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map_err(|e| format!("dpkg-deb (package dpkg) is needed: {e}"))?;
-    if !status.success() {
-        return Err("dpkg-deb failed to build the test package".into());
-    }
-    Ok(debs)
 }
 
 fn partition<'a>(manifest: &'a serde_json::Value, label: &str) -> &'a serde_json::Value {
@@ -122,10 +84,7 @@ fn image_under_test(b: &Built) -> ImageUnderTest {
 }
 
 fn workdir(name: &str) -> PathBuf {
-    let d = repo_root().join("build/test").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    test_image::workdir(name).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Copies `len` bytes at `offset` of `src` into a new file.
@@ -137,17 +96,19 @@ fn extract(src: &Path, offset: u64, len: u64, dst: &Path) {
     std::io::copy(&mut f.take(len), &mut out).unwrap();
 }
 
+/// A host program the checks need, or a failure that says to run `appliance doctor --install`.
 fn tool(program: &str, package: &str) -> Command {
-    let found = ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-        .iter()
-        .map(|d| Path::new(d).join(program))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "{program} is needed: apt-get install {package} (or `appliance doctor --install`)"
-            )
-        });
-    Command::new(found)
+    Command::new(require_program(program, package).unwrap_or_else(|e| panic!("{e:#}")))
+}
+
+/// The top directory of the FAT file system at `esp_offset` in `disk`, as mtools lists it.
+fn esp_listing(disk: &Path, esp_offset: u64) -> String {
+    let out = run(tool("mdir", "mtools")
+        .args(["-b", "-i"])
+        .arg(format!("{}@@{esp_offset}", disk.display()))
+        .arg("::"))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -189,17 +150,11 @@ fn outputs_are_complete_and_consistent() {
         .unwrap();
     assert!(st.success(), "raw.zst does not decompress to the raw image");
 
-    // The manifest lists packages with versions and no Jitsi package (this build has none).
+    // The manifest lists packages with versions and no Jitsi package (this build has none),
+    // and none of what the lean image leaves out (Java comes with Jitsi's feature).
     let pkgs = b.manifest["packages"].as_array().unwrap();
     assert!(pkgs.len() > 100, "only {} packages listed", pkgs.len());
-    for must in [
-        "prosody",
-        "nginx-light",
-        "coturn",
-        "openjdk-17-jre-headless",
-        "dracut",
-        "apparmor",
-    ] {
+    for must in ["prosody", "nginx-light", "coturn", "dracut", "apparmor"] {
         assert!(
             pkgs.iter()
                 .any(|p| p["name"] == must && p["version"].as_str().is_some_and(|v| !v.is_empty())),
@@ -208,9 +163,15 @@ fn outputs_are_complete_and_consistent() {
     }
     assert!(
         pkgs.iter()
-            .any(|p| p["name"] == "appliance-local-test" && p["version"] == "1.0"),
+            .any(|p| p["name"] == test_image::LOCAL_PACKAGE && p["version"] == "1.0"),
         "the package from the local .deb directory is not installed"
     );
+    for left_out in ["openjdk-17-jre-headless", "lua5.2", "ruby", "perl", "usrmerge"] {
+        assert!(
+            !pkgs.iter().any(|p| p["name"] == left_out),
+            "{left_out} is in the image, which does not use it"
+        );
+    }
     assert!(!pkgs
         .iter()
         .any(|p| p["name"].as_str().unwrap().starts_with("jitsi-") || p["name"] == "jicofo"));
@@ -263,12 +224,10 @@ fn outputs_are_complete_and_consistent() {
         String::from_utf8_lossy(&out.stdout)
     );
     // The build's [firstboot] answers are on the ESP, for the machine to read at first boot.
-    let listing = meeting::esp_listing(&b.image, esp["first_lba"].as_u64().unwrap() * 512)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let listing = esp_listing(&b.image, esp["first_lba"].as_u64().unwrap() * 512);
     assert!(
-        listing.contains(meeting::SEED_FILE),
-        "no {} on the ESP: {listing}",
-        meeting::SEED_FILE
+        listing.contains(SEED_FILE),
+        "no {SEED_FILE} on the ESP: {listing}"
     );
 
     // veritysetup accepts the hash tree computed in Rust, with the root hash on the command line.
@@ -314,7 +273,7 @@ fn outputs_are_complete_and_consistent() {
         .unwrap();
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(
-        listing.contains("squashfs-root/usr/share/appliance-local-test/marker"),
+        listing.contains(&format!("squashfs-root/{}", test_image::LOCAL_PACKAGE_FILE)),
         "the local package's file is not in the root"
     );
     assert!(
@@ -417,7 +376,7 @@ fn write_to_a_file_with_the_bmap_reproduces_the_image() {
             .unwrap();
         f.write_all(&vec![0xaa; 1 << 20]).unwrap();
     }
-    let out = Command::new(appliance_bin())
+    let out = Command::new(env!("CARGO_BIN_EXE_appliance"))
         .arg("write")
         .arg(&b.image)
         .arg("--device")
@@ -453,7 +412,7 @@ fn write_to_a_file_with_the_bmap_reproduces_the_image() {
 
 fn boot_twice(firmware: Firmware) {
     let b = built();
-    let _one = ONE_QEMU_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = test_image::one_boot_at_a_time();
     let img = image_under_test(b);
     let dir = workdir(&format!("{firmware:?}").to_lowercase());
     let outcomes = scenarios::first_and_second_boot(&img, firmware, &dir, BOOT_TIMEOUT)
@@ -483,7 +442,7 @@ fn bios_first_and_second_boot() {
 #[test]
 fn tampered_root_is_refused() {
     let b = built();
-    let _one = ONE_QEMU_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = test_image::one_boot_at_a_time();
     let img = image_under_test(b);
     let before = std::fs::metadata(&b.image).unwrap().modified().unwrap();
     let t =
@@ -499,120 +458,4 @@ fn tampered_root_is_refused() {
         std::fs::metadata(&b.image).unwrap().modified().unwrap(),
         "the image itself must not change"
     );
-}
-
-fn esp_offset(manifest: &serde_json::Value) -> u64 {
-    partition(manifest, "esp")["first_lba"].as_u64().unwrap() * 512
-}
-
-fn print_hardening(o: &meeting::SeededOutcome) {
-    use std::io::Write;
-    if let Some(h) = &o.hardening {
-        let mut err = std::io::stderr();
-        for (unit, score) in &h.exposure {
-            let _ = writeln!(
-                err,
-                "  exposure (systemd-analyze security): {unit} {score:.1}"
-            );
-        }
-    }
-}
-
-fn print_outcome(name: &str, seconds: &[f64], checks: &[String]) {
-    use std::io::Write;
-    let mut err = std::io::stderr();
-    let times: Vec<String> = seconds.iter().map(|s| format!("{s:.1} s")).collect();
-    let _ = writeln!(err, "{name}: ready after {}", times.join(", "));
-    for c in checks {
-        let _ = writeln!(err, "  ok: {c}");
-    }
-}
-
-#[test]
-fn meeting_server_set_up_from_a_seed_file() {
-    let b = built();
-    let _one = ONE_QEMU_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let s = meeting::SeedScenario {
-        image: b.image.clone(),
-        arch: Arch::X86_64,
-        esp_offset: esp_offset(&b.manifest),
-        data_offset: partition(&b.manifest, "data")["first_lba"]
-            .as_u64()
-            .unwrap()
-            * 512,
-        workdir: workdir("meeting-seed"),
-        jitsi: false,
-        boot_timeout: BOOT_TIMEOUT,
-    };
-    let o = meeting::seeded_setup(&s).unwrap_or_else(|e| panic!("{e:#}"));
-    print_outcome("seed file", &o.seconds_to_ready, &o.checks);
-    print_hardening(&o);
-}
-
-#[test]
-fn setup_wizard_on_the_serial_console_survives_a_power_cut() {
-    let b = built();
-    let _one = ONE_QEMU_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let s = meeting::WizardScenario {
-        image: b.image.clone(),
-        arch: Arch::X86_64,
-        workdir: workdir("meeting-wizard"),
-        boot_timeout: BOOT_TIMEOUT,
-    };
-    let o = meeting::wizard_setup(&s).unwrap_or_else(|e| panic!("{e:#}"));
-    print_outcome("wizard", &o.seconds_to_ready, &o.checks);
-}
-
-/// Jitsi's packages come from download.jitsi.org (or a local directory of .debs named by
-/// APPLIANCE_JITSI_DEBS). Where neither is available this test cannot run; it is ignored with
-/// that reason rather than passing without checking anything.
-#[test]
-#[ignore = "needs Jitsi's packages: download.jitsi.org must be reachable, or APPLIANCE_JITSI_DEBS must name a directory of Jitsi .debs; run with --ignored"]
-fn jitsi_image_builds_and_boots() {
-    let root = repo_root();
-    let out = root.join("build/test-out-jitsi");
-    let mut cmd = Command::new(appliance_bin());
-    cmd.current_dir(&root).args(["build", "--out"]).arg(&out);
-    if let Some(dir) = std::env::var_os("APPLIANCE_JITSI_DEBS") {
-        cmd.arg("--set")
-            .arg(format!("jitsi.debs=\"{}\"", Path::new(&dir).display()));
-    }
-    let status = cmd.status().expect("run appliance build");
-    assert!(
-        status.success(),
-        "building the default appliance with Jitsi failed"
-    );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("jitsi-appliance.manifest.json")).unwrap())
-            .unwrap();
-    let pkgs = manifest["packages"].as_array().unwrap();
-    for p in [
-        "jitsi-videobridge2",
-        "jicofo",
-        "jitsi-meet-web",
-        "jitsi-meet-prosody",
-    ] {
-        assert!(pkgs.iter().any(|x| x["name"] == p), "{p} is not installed");
-    }
-    let _one = ONE_QEMU_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let root_part = partition(&manifest, "root-a");
-    let img = ImageUnderTest {
-        image: out.join("jitsi-appliance.raw"),
-        arch: Arch::X86_64,
-        root_offset: root_part["first_lba"].as_u64().unwrap() * 512,
-        data_part_bytes: partition(&manifest, "data")["bytes"].as_u64().unwrap(),
-    };
-    scenarios::first_and_second_boot(&img, Firmware::Uefi, &workdir("jitsi-uefi"), BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let s = meeting::SeedScenario {
-        image: img.image.clone(),
-        arch: Arch::X86_64,
-        esp_offset: esp_offset(&manifest),
-        data_offset: partition(&manifest, "data")["first_lba"].as_u64().unwrap() * 512,
-        workdir: workdir("jitsi-meeting-seed"),
-        jitsi: true,
-        boot_timeout: BOOT_TIMEOUT,
-    };
-    let o = meeting::seeded_setup(&s).unwrap_or_else(|e| panic!("{e:#}"));
-    print_outcome("seed file (Jitsi)", &o.seconds_to_ready, &o.checks);
 }

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use appliance_qemu_tests::free_port;
-use appliance_qemu_tests::hosttools::{require_program, run_checked};
-use appliance_qemu_tests::http::Trust;
-use appliance_qemu_tests::xmpp::{BoshClient, Outcome};
+use appliance_qemu_tests::host::{require_program, run, tail};
+use appliance_scenarios::http::Trust;
+use appliance_scenarios::xmpp::{BoshClient, Outcome};
 
 const DOMAIN: &str = "meet.test";
 const GUEST: &str = "guest.meet.test";
@@ -46,17 +46,15 @@ impl Prosody {
         let d = dir.path();
         fs::create_dir_all(d.join("data"))?;
         fs::create_dir_all(d.join("certs"))?;
-        run_checked(
-            Command::new(&openssl)
-                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-                .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-                .arg("-keyout")
-                .arg(d.join("certs/key.pem"))
-                .arg("-out")
-                .arg(d.join("certs/cert.pem"))
-                .args(["-subj", &format!("/CN={DOMAIN}")])
-                .args(["-addext", &format!("subjectAltName=DNS:{DOMAIN}")]),
-        )?;
+        run(Command::new(&openssl)
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .arg("-keyout")
+            .arg(d.join("certs/key.pem"))
+            .arg("-out")
+            .arg(d.join("certs/cert.pem"))
+            .args(["-subj", &format!("/CN={DOMAIN}")])
+            .args(["-addext", &format!("subjectAltName=DNS:{DOMAIN}")]))?;
         let (c2s, http_port, https_port) = (free_port()?, free_port()?, free_port()?);
         let p = |name: &str| d.join(name).display().to_string();
         let config = format!(
@@ -94,12 +92,10 @@ VirtualHost "{GUEST}"
         );
         let cfg = d.join("prosody.cfg.lua");
         fs::write(&cfg, config)?;
-        run_checked(
-            Command::new(&prosodyctl)
-                .arg("--config")
-                .arg(&cfg)
-                .args(["register", USER, DOMAIN, PASSWORD]),
-        )?;
+        run(Command::new(&prosodyctl)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["register", USER, DOMAIN, PASSWORD]))?;
         let out = fs::File::create(d.join("stdout.log"))?;
         let child = Command::new(&prosody)
             .arg("--config")
@@ -157,11 +153,6 @@ VirtualHost "{GUEST}"
     fn cert_pem(&self) -> String {
         fs::read_to_string(self.dir.path().join("certs/cert.pem")).unwrap()
     }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn with_logs<T>(p: &Prosody, r: Result<T>) -> T {
@@ -267,16 +258,14 @@ fn https_with_pinned_address_and_trusted_self_signed_cert() {
 
 fn other_self_signed(dir: &Path) -> Result<String> {
     let openssl = require_program("openssl", "openssl")?;
-    run_checked(
-        Command::new(openssl)
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .arg("-keyout")
-            .arg(dir.join("other.key"))
-            .arg("-out")
-            .arg(dir.join("other.pem"))
-            .args(["-subj", &format!("/CN={DOMAIN}")])
-            .args(["-addext", &format!("subjectAltName=DNS:{DOMAIN}")]),
-    )?;
+    run(Command::new(openssl)
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .arg("-keyout")
+        .arg(dir.join("other.key"))
+        .arg("-out")
+        .arg(dir.join("other.pem"))
+        .args(["-subj", &format!("/CN={DOMAIN}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{DOMAIN}")]))?;
     Ok(fs::read_to_string(dir.join("other.pem"))?)
 }
