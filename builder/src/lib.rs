@@ -16,9 +16,9 @@ pub mod features;
 pub mod filesystems;
 pub mod flash;
 pub mod formats;
-pub use appliance_qemu_tests::host;
+pub use appliance_qemu_tests::{host, interrupt};
 pub mod inspect;
-pub mod interrupt;
+
 pub mod junit;
 pub mod lock;
 pub mod locked_repo;

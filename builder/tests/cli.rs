@@ -170,3 +170,83 @@ fn no_tls_crate_is_a_dependency() {
         );
     }
 }
+
+/// The process ids of running programs whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_stopped_build_stops_its_programs_and_leaves_no_unfinished_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // An empty cache of its own, so the build has to run mmdebstrap.
+    let cache = dir.path().join("cache");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_appliance"))
+        .current_dir(repo_root())
+        .args(["build", "--set", "jitsi.enabled=false", "--set"])
+        .arg(format!("packages.cache_dir=\"{}\"", cache.display()))
+        .arg("--build-dir")
+        .arg(dir.path().join("work"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until mmdebstrap is at work for this build.
+    let marker = cache.display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while processes_with(&marker).iter().all(|p| *p == child.id()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mmdebstrap never started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before mmdebstrap started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // SAFETY: sends SIGTERM to the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    let left = processes_with(&marker);
+    assert!(
+        left.is_empty(),
+        "programs of the stopped build still run: {left:?}"
+    );
+    let mut partial = Vec::new();
+    for d in [
+        cache.join("layers/jitsi-appliance-x86_64"),
+        dir.path().join("out"),
+        dir.path().join("work/jitsi-appliance-x86_64"),
+    ] {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".partial") {
+                partial.push(e.path());
+            }
+        }
+    }
+    assert!(
+        partial.is_empty(),
+        "unfinished files left behind: {partial:?}"
+    );
+}

@@ -166,7 +166,13 @@ fn outputs_are_complete_and_consistent() {
             .any(|p| p["name"] == test_image::LOCAL_PACKAGE && p["version"] == "1.0"),
         "the package from the local .deb directory is not installed"
     );
-    for left_out in ["openjdk-17-jre-headless", "lua5.2", "ruby", "perl", "usrmerge"] {
+    for left_out in [
+        "openjdk-17-jre-headless",
+        "lua5.2",
+        "ruby",
+        "perl",
+        "usrmerge",
+    ] {
         assert!(
             !pkgs.iter().any(|p| p["name"] == left_out),
             "{left_out} is in the image, which does not use it"

@@ -3,6 +3,7 @@
 //! The builder re-exports this module as `appliance::host`.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -11,10 +12,18 @@ use anyhow::{anyhow, bail, Context, Result};
 /// Runs `cmd` to completion, capturing output; fails with the tails of stderr and stdout.
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let program = program_name(cmd);
-    let out = cmd
+    let child = cmd
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
         .map_err(|e| spawn_error(&program, e))?;
+    let group = child.id();
+    crate::interrupt::child_started(group);
+    let out = child.wait_with_output();
+    crate::interrupt::child_finished(group);
+    let out = out.with_context(|| format!("waiting for {program}"))?;
     if !out.status.success() {
         let mut msg = format!(
             "{program} failed ({}):\n{}",
@@ -43,8 +52,11 @@ pub fn run_logged(cmd: &mut Command, log: &Path, mut on_line: impl FnMut(&str)) 
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| spawn_error(&program, e))?;
+    let group = child.id();
+    crate::interrupt::child_started(group);
     // Merge both streams line by line into the log; stderr is read on a thread so neither pipe
     // can fill up and block the child.
     let stderr = child.stderr.take().context("child stderr")?;
@@ -68,7 +80,9 @@ pub fn run_logged(cmd: &mut Command, log: &Path, mut on_line: impl FnMut(&str)) 
     let _ = t_out.join();
     let status = child
         .wait()
-        .with_context(|| format!("waiting for {program}"))?;
+        .with_context(|| format!("waiting for {program}"));
+    crate::interrupt::child_finished(group);
+    let status = status?;
     if !status.success() {
         let lines: Vec<String> = last.into_iter().collect();
         bail!(

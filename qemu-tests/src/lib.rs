@@ -11,6 +11,7 @@
 pub mod accel;
 pub mod console;
 pub mod host;
+pub mod interrupt;
 pub mod machine;
 pub mod scenarios;
 pub mod test_image;

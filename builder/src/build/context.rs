@@ -35,6 +35,9 @@ impl<'a> BuildCtx<'a> {
             .join(format!("{}-{}", config.image.name, config.image.arch));
         std::fs::create_dir_all(&work)
             .with_context(|| format!("cannot create the build directory {}", work.display()))?;
+        // A stopped build leaves no unfinished file behind in the directories it writes.
+        crate::interrupt::clean_on_stop(&work);
+        crate::interrupt::clean_on_stop(&opts.out_dir);
         let cache_dir = config.resolve(&config.packages.cache_dir);
         std::fs::create_dir_all(&cache_dir).with_context(|| {
             format!("cannot create the cache directory {}", cache_dir.display())

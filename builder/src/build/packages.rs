@@ -67,7 +67,10 @@ impl PackageLayer {
 pub fn layer_key(config: &Config, plan: &packages::RootfsPlan) -> String {
     KeyBuilder::new("package layer")
         .part("layout", LAYER_LAYOUT)
-        .part("source date epoch", config.image.source_date_epoch.to_string())
+        .part(
+            "source date epoch",
+            config.image.source_date_epoch.to_string(),
+        )
         .part("mmdebstrap", &plan.key_input)
         .finish()
 }
@@ -95,6 +98,7 @@ pub fn install(ctx: &mut BuildCtx, keyrings: &Keyrings) -> Result<(PackageLayer,
         .join(format!("{}-{}", config.image.name, config.image.arch));
     std::fs::create_dir_all(&layers)?;
     let layers = std::fs::canonicalize(&layers)?;
+    crate::interrupt::clean_on_stop(&layers);
     // The plan names where the lists go; its key leaves such paths out.
     let partial = layers.join("packages.partial");
     let lock = if ctx.locked() {
@@ -268,25 +272,41 @@ mod tests {
         let d = copy_of_features();
         let features = d.path().join("overlays");
         let base = key(&features, &[]);
-        assert_eq!(base, key(&features, &[]), "the same inputs give the same key");
+        assert_eq!(
+            base,
+            key(&features, &[]),
+            "the same inputs give the same key"
+        );
         // A feature's file and its customize hook belong to the system layer.
         std::fs::write(features.join("base/files/etc/motd-extra"), "changed\n").unwrap();
         let hook = features.join("base/customize.sh");
         let text = std::fs::read_to_string(&hook).unwrap();
         std::fs::write(&hook, format!("{text}\ntrue\n")).unwrap();
-        assert_eq!(base, key(&features, &[]), "a changed file or hook must not reinstall");
+        assert_eq!(
+            base,
+            key(&features, &[]),
+            "a changed file or hook must not reinstall"
+        );
         // The package list, and the initrd's settings (the kernel's install script builds the
         // initrd in this layer), do.
         assert_ne!(base, key(&features, &["packages.include=[\"htop\"]"]));
         let dracut = features.join("boot/install/etc/dracut.conf.d/50-appliance.conf.j2");
         let text = std::fs::read_to_string(&dracut).unwrap();
         std::fs::write(&dracut, format!("{text}add_drivers+=\" usb_storage \"\n")).unwrap();
-        assert_ne!(base, key(&features, &[]), "a dracut setting rebuilds the initrd");
+        assert_ne!(
+            base,
+            key(&features, &[]),
+            "a dracut setting rebuilds the initrd"
+        );
         // The build directory is not part of it.
         let moved = tempfile::tempdir().unwrap();
         std::fs::rename(&features, moved.path().join("overlays")).unwrap();
         let again = key(&moved.path().join("overlays"), &[]);
         std::fs::rename(moved.path().join("overlays"), &features).unwrap();
-        assert_eq!(again, key(&features, &[]), "moving the features keeps the key");
+        assert_eq!(
+            again,
+            key(&features, &[]),
+            "moving the features keeps the key"
+        );
     }
 }

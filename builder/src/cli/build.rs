@@ -51,6 +51,7 @@ pub struct BuildArgs {
 
 pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let c = args.config.load()?;
+    crate::interrupt::install()?;
     doctor::require("build")?;
     if c.image.arch == Arch::Arm64 && std::env::consts::ARCH != "aarch64" {
         doctor::require("arm64")?;

@@ -29,6 +29,7 @@ pub struct LockArgs {
 
 pub fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
+    crate::interrupt::install()?;
     crate::doctor::require("build")?;
     let mut opts = BuildOptions::new("out", args.build_dir);
     opts.refresh = args.refresh;

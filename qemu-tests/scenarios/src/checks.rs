@@ -45,8 +45,11 @@ pub fn check_configs(ssh: &Ssh) -> Result<Vec<String>> {
         let text = ssh.sudo(&format!("cat /data/config/jitsi/{file}"))?;
         let copy = tempfile::Builder::new().suffix(".conf").tempfile()?;
         std::fs::write(copy.path(), &text)?;
-        run(Command::new(&hocon).arg("-f").arg(copy.path()).args(["get", path]))
-            .with_context(|| format!("hocon cannot read {file}"))?;
+        run(Command::new(&hocon)
+            .arg("-f")
+            .arg(copy.path())
+            .args(["get", path]))
+        .with_context(|| format!("hocon cannot read {file}"))?;
         done.push(format!("hocon {file}"));
     }
     let node = require_program("node", "nodejs")?;

@@ -215,7 +215,8 @@ impl Machine {
 
 /// A host program a check needs, or a failure saying how to install it.
 pub fn require(program: &str, package: &str) -> PathBuf {
-    appliance_qemu_tests::host::require_program(program, package).unwrap_or_else(|e| panic!("{e:#}"))
+    appliance_qemu_tests::host::require_program(program, package)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 pub fn run(cmd: &mut Command) -> Output {

@@ -52,10 +52,7 @@ pub fn build_image(overrides: &[String], out: &Path) -> Result<Built> {
     if config.image.arch == Arch::Arm64 && std::env::consts::ARCH != "aarch64" {
         appliance::doctor::require("arm64")?;
     }
-    let summary = build(
-        &config,
-        &BuildOptions::new(out, test_image::build_dir()),
-    )?;
+    let summary = build(&config, &BuildOptions::new(out, test_image::build_dir()))?;
     let manifest_path = out.join(test_image::MANIFEST_FILE);
     let manifest = serde_json::from_slice(
         &std::fs::read(&manifest_path)

@@ -17,6 +17,9 @@ struct State {
     dirs: Vec<PathBuf>,
 }
 
+/// Set once a signal arrived: the build is being stopped.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 static STATE: Mutex<State> = Mutex::new(State {
     groups: Vec::new(),
     dirs: Vec::new(),
@@ -37,6 +40,7 @@ pub fn install() -> std::io::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
+            STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
             eprintln!("\nstopping: the build was interrupted (signal {sig})");
             stop_children();
             remove_partials();
@@ -53,10 +57,14 @@ pub fn child_started(group: u32) {
     }
 }
 
-/// A child's process group has ended.
+/// A child's process group has ended. If the build is being stopped (the child ended because
+/// it was told to), this waits for the process to exit instead of going on with the build.
 pub fn child_finished(group: u32) {
     if let Ok(g) = i32::try_from(group) {
         state().groups.retain(|x| *x != g);
+    }
+    while STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
