@@ -38,6 +38,7 @@ fn all_text(y: &Yaml) -> String {
 
 #[test]
 fn github_actions_workflow_builds_tests_and_keeps_the_image() {
+    let _t = appliance_qemu_tests::timed!();
     let (text, y) = load("github-actions.yml");
     let job = &y["jobs"]["image"];
     assert!(!job.is_badvalue(), "a job named image");
@@ -64,6 +65,7 @@ fn github_actions_workflow_builds_tests_and_keeps_the_image() {
 
 #[test]
 fn gitlab_ci_pipeline_builds_tests_and_keeps_the_image() {
+    let _t = appliance_qemu_tests::timed!();
     let (text, y) = load("gitlab-ci.yml");
     assert_eq!(y["default"]["image"].as_str(), Some("debian:bookworm"));
     let job = &y["image"];

@@ -37,6 +37,7 @@ fn assert_clean_error(o: &Output) {
 
 #[test]
 fn help_lists_every_command_and_the_jitsi_switch() {
+    let _t = appliance_qemu_tests::timed!();
     let o = appliance(&["--help"], &repo_root());
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
@@ -54,6 +55,7 @@ fn help_lists_every_command_and_the_jitsi_switch() {
 
 #[test]
 fn missing_config_file_says_where_to_run() {
+    let _t = appliance_qemu_tests::timed!();
     let dir = tempfile::tempdir().unwrap();
     let o = appliance(&["build"], dir.path());
     assert_clean_error(&o);
@@ -62,6 +64,7 @@ fn missing_config_file_says_where_to_run() {
 
 #[test]
 fn unknown_key_names_file_line_and_key() {
+    let _t = appliance_qemu_tests::timed!();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("appliance.toml"),
@@ -79,6 +82,7 @@ fn unknown_key_names_file_line_and_key() {
 
 #[test]
 fn bad_override_is_named() {
+    let _t = appliance_qemu_tests::timed!();
     let o = appliance(
         &[
             "build",
@@ -95,6 +99,7 @@ fn bad_override_is_named() {
 
 #[test]
 fn unreachable_jitsi_repository_stops_the_build_with_the_fix() {
+    let _t = appliance_qemu_tests::timed!();
     let out = tempfile::tempdir().unwrap();
     let o = appliance(
         &[
@@ -123,6 +128,7 @@ fn unreachable_jitsi_repository_stops_the_build_with_the_fix() {
 
 #[test]
 fn inspect_of_a_non_image_is_a_clear_error() {
+    let _t = appliance_qemu_tests::timed!();
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("not-an-image.raw");
     std::fs::write(&f, vec![0u8; 1 << 20]).unwrap();
@@ -135,6 +141,7 @@ fn inspect_of_a_non_image_is_a_clear_error() {
 /// the test-only crate `appliance-scenarios`, which the builder does not depend on.
 #[test]
 fn the_binary_links_no_tls_library() {
+    let _t = appliance_qemu_tests::timed!();
     let ldd =
         appliance::host::require_program("ldd", "libc-bin").unwrap_or_else(|e| panic!("{e:#}"));
     let out = appliance::host::run(Command::new(ldd).arg(env!("CARGO_BIN_EXE_appliance")))
@@ -153,6 +160,7 @@ fn the_binary_links_no_tls_library() {
 /// `appliance` package's normal dependencies.
 #[test]
 fn no_tls_crate_is_a_dependency() {
+    let _t = appliance_qemu_tests::timed!();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = appliance::host::run(
         Command::new(cargo)
@@ -188,6 +196,7 @@ fn processes_with(needle: &str) -> Vec<u32> {
 
 #[test]
 fn a_stopped_build_stops_its_programs_and_leaves_no_unfinished_files() {
+    let _t = appliance_qemu_tests::timed!();
     let dir = tempfile::tempdir().unwrap();
     // An empty cache of its own, so the build has to run mmdebstrap.
     let cache = dir.path().join("cache");

@@ -82,6 +82,7 @@ fn apparmor_dir() -> PathBuf {
 
 #[test]
 fn every_apparmor_profile_compiles_in_enforce_mode() {
+    let _t = appliance_qemu_tests::timed!();
     let parser = tool("apparmor_parser", "apparmor");
     assert!(
         Path::new("/etc/apparmor.d/abstractions/base").is_file(),
@@ -138,6 +139,7 @@ fn every_apparmor_profile_compiles_in_enforce_mode() {
 /// otherwise.
 #[test]
 fn units_name_shipped_apparmor_profiles() {
+    let _t = appliance_qemu_tests::timed!();
     let names: BTreeSet<&str> = PROFILES
         .iter()
         .flat_map(|(_, n)| n.iter().copied())
@@ -164,6 +166,7 @@ fn units_name_shipped_apparmor_profiles() {
 
 #[test]
 fn nftables_ruleset_is_accepted() {
+    let _t = appliance_qemu_tests::timed!();
     let nft = tool("nft", "nftables");
     let conf = overlay("etc/nftables.conf");
     must_succeed(Command::new(&nft).arg("-c").arg("-f").arg(&conf));
@@ -188,6 +191,7 @@ fn nftables_ruleset_is_accepted() {
 
 #[test]
 fn sshd_accepts_the_drop_ins() {
+    let _t = appliance_qemu_tests::timed!();
     let sshd = tool("sshd", "openssh-server");
     let keygen = tool("ssh-keygen", "openssh-client");
     let dir = tempfile::tempdir().unwrap();
@@ -287,6 +291,7 @@ fn sshd_accepts_the_drop_ins() {
 
 #[test]
 fn sudoers_drop_in_is_valid() {
+    let _t = appliance_qemu_tests::timed!();
     let visudo = tool("visudo", "sudo");
     let dir = tempfile::tempdir().unwrap();
     // The customize hook installs it 0440 root:root; visudo checks the mode too.
@@ -449,6 +454,7 @@ fn unit_root() -> tempfile::TempDir {
 
 #[test]
 fn hardened_units_verify() {
+    let _t = appliance_qemu_tests::timed!();
     let analyze = tool("systemd-analyze", "systemd");
     let root = unit_root();
     let units: Vec<&str> = HARDENED_UNITS.iter().map(|(u, _)| *u).collect();
@@ -490,6 +496,7 @@ fn exposure(analyze: &Path, root: &Path, unit: &str) -> f64 {
 
 #[test]
 fn hardened_units_have_low_exposure() {
+    let _t = appliance_qemu_tests::timed!();
     let analyze = tool("systemd-analyze", "systemd");
     let root = unit_root();
     for (unit, limit) in HARDENED_UNITS {
@@ -501,6 +508,7 @@ fn hardened_units_have_low_exposure() {
 
 #[test]
 fn java_units_keep_no_logs_and_no_wx_exemption_elsewhere() {
+    let _t = appliance_qemu_tests::timed!();
     let jvb = read(&overlay(
         "etc/systemd/system/jitsi-videobridge2.service.d/10-appliance-hardening.conf",
     ));
@@ -553,6 +561,7 @@ fn sysctl_settings() -> Vec<(String, String)> {
 
 #[test]
 fn sysctl_keys_exist_in_the_kernel() {
+    let _t = appliance_qemu_tests::timed!();
     let settings = sysctl_settings();
     // Keys of optional kernel features that Debian's kernel (the image's) builds in but a
     // host kernel may lack (a VM or container kernel without Yama, say): checked only where
@@ -608,6 +617,7 @@ fn sysctl_keys_exist_in_the_kernel() {
 
 #[test]
 fn modprobe_blocks_cis_modules_but_not_the_roots_file_systems() {
+    let _t = appliance_qemu_tests::timed!();
     let text = read(&overlay("etc/modprobe.d/appliance-cis.conf"));
     let installs: BTreeSet<&str> = text
         .lines()
@@ -655,6 +665,7 @@ fn modprobe_blocks_cis_modules_but_not_the_roots_file_systems() {
 
 #[test]
 fn customize_hook_enables_the_shipped_pam_profiles() {
+    let _t = appliance_qemu_tests::timed!();
     let hook = read(&repo_root().join("overlays/hardening/customize.sh"));
     for e in fs::read_dir(overlay("usr/share/pam-configs")).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();

@@ -113,6 +113,7 @@ fn esp_listing(disk: &Path, esp_offset: u64) -> String {
 
 #[test]
 fn outputs_are_complete_and_consistent() {
+    let _t = appliance_qemu_tests::timed!();
     let b = built();
     // Every output is listed in SHA256SUMS, and the sums hold.
     let sums = std::fs::read_to_string(b.out.join("SHA256SUMS")).unwrap();
@@ -305,6 +306,7 @@ fn outputs_are_complete_and_consistent() {
 
 #[test]
 fn import_formats_are_valid_and_hold_the_same_disk() {
+    let _t = appliance_qemu_tests::timed!();
     let b = built();
     let raw_size = std::fs::metadata(&b.image).unwrap().len();
     for (file, format, extra) in [
@@ -362,6 +364,7 @@ fn import_formats_are_valid_and_hold_the_same_disk() {
 
 #[test]
 fn write_to_a_file_with_the_bmap_reproduces_the_image() {
+    let _t = appliance_qemu_tests::timed!();
     let b = built();
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("disk");
@@ -437,16 +440,19 @@ fn boot_twice(firmware: Firmware) {
 
 #[test]
 fn uefi_first_and_second_boot() {
+    let _t = appliance_qemu_tests::timed!();
     boot_twice(Firmware::Uefi);
 }
 
 #[test]
 fn bios_first_and_second_boot() {
+    let _t = appliance_qemu_tests::timed!();
     boot_twice(Firmware::Bios);
 }
 
 #[test]
 fn tampered_root_is_refused() {
+    let _t = appliance_qemu_tests::timed!();
     let b = built();
     let _one = test_image::one_boot_at_a_time();
     let img = image_under_test(b);

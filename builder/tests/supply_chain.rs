@@ -108,6 +108,7 @@ fn signed() -> &'static Signed {
 
 #[test]
 fn signed_outputs_verify_and_every_change_is_caught() {
+    let _t = appliance_qemu_tests::timed!();
     let s = signed();
     let key = s.public_key.display().to_string();
     let out = appliance(
@@ -308,6 +309,7 @@ fn spdx_tools() -> PathBuf {
 
 #[test]
 fn the_sbom_passes_independent_validators_and_describes_the_image() {
+    let _t = appliance_qemu_tests::timed!();
     let s = signed();
     let sbom = s.out.join("jitsi-appliance.spdx.json");
     let bin = spdx_tools();
@@ -393,6 +395,7 @@ fn the_sbom_passes_independent_validators_and_describes_the_image() {
 
 #[test]
 fn a_lock_that_no_longer_matches_stops_the_build_and_names_the_packages() {
+    let _t = appliance_qemu_tests::timed!();
     let s = signed();
     let dir = s.dir.join("drift");
     std::fs::create_dir_all(&dir).unwrap();
@@ -459,6 +462,7 @@ fn packages_fix(dir: &Path, original: &str, name: &str) {
 
 #[test]
 fn a_locked_build_from_a_mirror_without_network_in_another_directory_is_identical() {
+    let _t = appliance_qemu_tests::timed!();
     let s = signed();
     let mirror = s.dir.join("mirror");
     run_ok(

@@ -15,6 +15,7 @@ pub mod interrupt;
 pub mod machine;
 pub mod scenarios;
 pub mod test_image;
+pub mod test_times;
 
 use std::time::{Duration, Instant};
 

@@ -40,6 +40,7 @@ fn process_alive(pid: u32) -> bool {
 
 #[test]
 fn qemu_x86_64_is_installed() {
+    let _t = appliance_qemu_tests::timed!();
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
         .unwrap_or(false);
@@ -51,6 +52,7 @@ fn qemu_x86_64_is_installed() {
 
 #[test]
 fn uefi_x86_64_prints_on_serial_and_quits() {
+    let _t = appliance_qemu_tests::timed!();
     let (_dir, cfg) = empty_disk_config(Arch::X86_64, Firmware::Uefi);
     let m = start(&cfg);
     eprintln!("{}", m.accel().reason);
@@ -89,6 +91,7 @@ fn uefi_x86_64_prints_on_serial_and_quits() {
 
 #[test]
 fn bios_x86_64_seabios_on_serial_with_port_forward() {
+    let _t = appliance_qemu_tests::timed!();
     let (_dir, mut cfg) = empty_disk_config(Arch::X86_64, Firmware::Bios);
     let port = free_port().expect("free port");
     cfg.port_forwards = vec![(port, 8080)];
@@ -110,6 +113,7 @@ fn bios_x86_64_seabios_on_serial_with_port_forward() {
 
 #[test]
 fn uefi_aarch64_prints_on_serial() {
+    let _t = appliance_qemu_tests::timed!();
     let (_dir, cfg) = empty_disk_config(Arch::Arm64, Firmware::Uefi);
     let m = start(&cfg);
     let hit = m
@@ -126,6 +130,7 @@ fn uefi_aarch64_prints_on_serial() {
 
 #[test]
 fn drop_kills_qemu() {
+    let _t = appliance_qemu_tests::timed!();
     let (_dir, cfg) = empty_disk_config(Arch::X86_64, Firmware::Bios);
     let m = start(&cfg);
     let pid = m.pid();
@@ -136,6 +141,7 @@ fn drop_kills_qemu() {
 
 #[test]
 fn qemu_exit_ends_a_wait_early_with_stderr() {
+    let _t = appliance_qemu_tests::timed!();
     let (_dir, cfg) = empty_disk_config(Arch::X86_64, Firmware::Bios);
     let m = start(&cfg);
     m.wait_for_line("SeaBIOS", FIRMWARE_TIMEOUT)

@@ -150,6 +150,7 @@ fn formatted(calls: &[String]) -> bool {
 
 #[test]
 fn the_root_disk_is_found_through_sysfs() {
+    let _t = appliance_qemu_tests::timed!();
     let m = Machine::new();
     let (ok, said, _) = m.run("root-disk", &[], "");
     assert!(ok, "{said}");
@@ -169,6 +170,7 @@ fn the_root_disk_is_found_through_sysfs() {
 
 #[test]
 fn a_never_used_data_partition_is_grown_and_formatted() {
+    let _t = appliance_qemu_tests::timed!();
     let m = Machine::new();
     m.data_link("sda7");
     let (ok, said, calls) = m.run("prepare-data", &[], "");
@@ -189,6 +191,7 @@ fn a_never_used_data_partition_is_grown_and_formatted() {
 
 #[test]
 fn an_existing_file_system_is_kept() {
+    let _t = appliance_qemu_tests::timed!();
     let m = Machine::new();
     m.data_link("sda7");
     let (ok, said, calls) = m.run("prepare-data", &[], "ext4");
@@ -198,6 +201,7 @@ fn an_existing_file_system_is_kept() {
 
 #[test]
 fn a_partition_with_unknown_content_is_left_alone() {
+    let _t = appliance_qemu_tests::timed!();
     let m = Machine::new();
     m.data_link("sda7");
     // A damaged ext4: no superblock blkid recognises, but data in the first MiB.
@@ -217,6 +221,7 @@ fn a_partition_with_unknown_content_is_left_alone() {
 
 #[test]
 fn another_disks_data_partition_is_never_touched() {
+    let _t = appliance_qemu_tests::timed!();
     let m = Machine::new();
     // Whatever made the link point there, the script checks the disk itself.
     m.data_link("sdb7");
@@ -243,6 +248,7 @@ fn another_disks_data_partition_is_never_touched() {
 
 #[test]
 fn data_is_mounted_through_the_root_disks_own_link() {
+    let _t = appliance_qemu_tests::timed!();
     let fstab = render("etc/fstab.j2");
     let data: Vec<&str> = fstab
         .lines()

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::ConfigArgs;
 use crate::build::{self, BuildOptions};
@@ -30,9 +30,14 @@ pub struct BuildArgs {
     /// (use it to pick up new Debian security updates).
     #[arg(long)]
     refresh: bool,
-    /// zstd compression level for <name>.raw.zst (1-19).
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=19))]
-    zstd_level: i32,
+    /// zstd compression level for <name>.raw.zst (1-19; default 6, or 1 with --profile dev).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=19))]
+    zstd_level: Option<i32>,
+    /// `release` builds the configuration as written. `dev` trades size for speed while you
+    /// iterate: the root squashfs and <name>.raw.zst use zstd level 1 (the image behaves the
+    /// same, is larger, and its root hash differs from a release build's).
+    #[arg(long, value_enum, default_value_t = Profile::Release)]
+    profile: Profile,
     /// Install exactly the packages appliance.lock names (made by `appliance lock`), or stop
     /// and say which differ.
     #[arg(long)]
@@ -49,8 +54,27 @@ pub struct BuildArgs {
     json: bool,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Profile {
+    Release,
+    Dev,
+}
+
+/// The settings `--profile dev` adds to the configuration (later `--set`s still win).
+const DEV_SETTINGS: [&str; 2] = ["root.compression=\"zstd\"", "root.compression_level=1"];
+
 pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
-    let c = args.config.load()?;
+    let mut config = args.config.clone();
+    if args.profile == Profile::Dev {
+        let sets = std::mem::take(&mut config.overrides);
+        config.overrides = DEV_SETTINGS.iter().map(|s| s.to_string()).collect();
+        config.overrides.extend(sets);
+    }
+    let c = config.load()?;
+    let zstd_level = args.zstd_level.unwrap_or(match args.profile {
+        Profile::Release => 6,
+        Profile::Dev => 1,
+    });
     crate::interrupt::install()?;
     doctor::require("build")?;
     if c.image.arch == Arch::Arm64 && std::env::consts::ARCH != "aarch64" {
@@ -63,7 +87,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
             build_dir: args.build_dir,
             refresh: args.refresh,
             json: args.json,
-            zstd_level: args.zstd_level,
+            zstd_level,
             locked: args.locked,
             offline: args.offline,
             mirror_dir: args.mirror_dir,

@@ -13,6 +13,7 @@ use appliance_qemu_tests::test_image;
 
 #[test]
 fn arm64_raspberry_pi_image_builds_boots_on_virt_and_has_pi_boot_files() {
+    let _t = appliance_qemu_tests::timed!();
     let overrides = [
         "jitsi.enabled=false",
         "image.arch=\"arm64\"",

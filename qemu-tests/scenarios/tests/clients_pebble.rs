@@ -25,6 +25,7 @@ const DOMAIN: &str = "meet.localhost";
 
 #[test]
 fn pebble_directory_through_its_api_ca() {
+    let _t = appliance_qemu_tests::timed!();
     let dns = DnsServer::start(&[(DOMAIN, Ipv4Addr::LOCALHOST)]).unwrap();
     let pebble = Pebble::start(&PebbleConfig::new(free_port().unwrap(), dns.addr()))
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -142,6 +143,7 @@ fn serve_one(stream: TcpStream, webroot: &Path) -> Result<bool> {
 
 #[test]
 fn dehydrated_http01_issuance_against_pebble() {
+    let _t = appliance_qemu_tests::timed!();
     let dehydrated =
         require_program("dehydrated", "dehydrated").unwrap_or_else(|e| panic!("{e:#}"));
     let openssl = require_program("openssl", "openssl").unwrap_or_else(|e| panic!("{e:#}"));

@@ -178,6 +178,7 @@ fn assert_bound(outcome: &Outcome, user_domain: &str, p: &Prosody) {
 
 #[test]
 fn plain_and_scram_logins_over_http() {
+    let _t = appliance_qemu_tests::timed!();
     let p = Prosody::start().unwrap_or_else(|e| panic!("{e:#}"));
     let bosh = BoshClient::new(&p.http_url(), DOMAIN, &Trust::AcceptAny).unwrap();
 
@@ -214,6 +215,7 @@ fn plain_and_scram_logins_over_http() {
 
 #[test]
 fn anonymous_login_on_the_guest_host() {
+    let _t = appliance_qemu_tests::timed!();
     let p = Prosody::start().unwrap_or_else(|e| panic!("{e:#}"));
     let bosh = BoshClient::new(&p.http_url(), GUEST, &Trust::AcceptAny).unwrap();
     let mechs = with_logs(&p, bosh.mechanisms());
@@ -231,6 +233,7 @@ fn anonymous_login_on_the_guest_host() {
 
 #[test]
 fn https_with_pinned_address_and_trusted_self_signed_cert() {
+    let _t = appliance_qemu_tests::timed!();
     let p = Prosody::start().unwrap_or_else(|e| panic!("{e:#}"));
     // Trusting exactly the server's self-signed certificate: name checked against DOMAIN
     // although the connection goes to 127.0.0.1.

@@ -49,6 +49,7 @@ fn seed_scenario(b: &Built, workdir_name: &str, jitsi: bool) -> meeting::SeedSce
 
 #[test]
 fn meeting_server_set_up_from_a_seed_file() {
+    let _t = appliance_qemu_tests::timed!();
     let b = common::test_image();
     let _one = test_image::one_boot_at_a_time();
     let o = meeting::seeded_setup(&seed_scenario(b, "meeting-seed", false))
@@ -58,6 +59,7 @@ fn meeting_server_set_up_from_a_seed_file() {
 
 #[test]
 fn setup_wizard_on_the_serial_console_survives_a_power_cut() {
+    let _t = appliance_qemu_tests::timed!();
     let b = common::test_image();
     let _one = test_image::one_boot_at_a_time();
     let s = meeting::WizardScenario {
@@ -76,6 +78,7 @@ fn setup_wizard_on_the_serial_console_survives_a_power_cut() {
 #[test]
 #[ignore = "needs Jitsi's packages: download.jitsi.org must be reachable, or APPLIANCE_JITSI_DEBS must name a directory of Jitsi .debs; run with --ignored"]
 fn jitsi_image_builds_and_boots() {
+    let _t = appliance_qemu_tests::timed!();
     let mut overrides = Vec::new();
     if let Some(dir) = std::env::var_os("APPLIANCE_JITSI_DEBS") {
         overrides.push(format!("jitsi.debs=\"{}\"", Path::new(&dir).display()));
