@@ -107,8 +107,8 @@ pub fn with_esp<T>(
     result
 }
 
-/// Restarts the machine so that the firmware boots `reason`'s slot: on the Raspberry Pi with
-/// the tryboot flag when a trial is armed, elsewhere a plain reboot.
+/// Restarts the machine. With `tryboot`, into the armed trial: on the Raspberry Pi the
+/// firmware needs the tryboot flag for that; elsewhere any restart boots the trial.
 pub fn reboot(ctx: &mut Ctx, firmware: Firmware, tryboot: bool) -> Result<()> {
     let mut cmd = Cmd::new("systemctl");
     if ctx.from_boot {
