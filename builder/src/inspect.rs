@@ -9,9 +9,10 @@ use serde::Serialize;
 
 use crate::partitions::{self, TableEntry, SECTOR};
 use crate::progress::human_bytes;
+use appliance_spec::bootcfg::grub::{GrubEnv, SlotEnv};
+use appliance_spec::bootcfg::systemd_boot;
 use appliance_spec::esp;
 use appliance_spec::layout::Table;
-use appliance_spec::Slot;
 
 #[derive(Debug, Serialize)]
 pub struct PartitionInfo {
@@ -94,7 +95,8 @@ fn manifest_beside(image: &Path) -> PathBuf {
     image.with_file_name(format!("{stem}.manifest.json"))
 }
 
-/// Reads slot A's boot entry (or GRUB's config) from the ESP inside the image.
+/// Reads the boot entry of the slot that boots next (or GRUB's, the way a BLS entry spells it)
+/// from the ESP inside the image.
 fn read_boot_entry(image: &Path, esp: &TableEntry) -> Result<String> {
     let file = std::fs::File::open(image)?;
     let start = esp.first_lba * SECTOR;
@@ -102,20 +104,32 @@ fn read_boot_entry(image: &Path, esp: &TableEntry) -> Result<String> {
     let slice = fscommon::StreamSlice::new(file, start, end)?;
     let fs = fatfs::FileSystem::new(fscommon::BufStream::new(slice), fatfs::FsOptions::new())?;
     let root = fs.root_dir();
-    let mut text = String::new();
-    if let Ok(mut f) = root.open_file(&esp::loader_entry(Slot::A)) {
-        f.read_to_string(&mut text)?;
-    } else {
-        let mut f = root.open_file(esp::GRUB_CFG)?;
-        let mut cfg = String::new();
-        f.read_to_string(&mut cfg)?;
-        // Present GRUB's `linux` line the way a BLS entry spells it.
-        if let Some(line) = cfg.lines().find(|l| l.trim_start().starts_with("linux")) {
-            let args: Vec<&str> = line.split_whitespace().skip(2).collect();
-            text = format!("options {}\n", args.join(" ").replace('\'', ""));
+    let read = |path: &str| -> Result<String> {
+        let mut text = String::new();
+        root.open_file(path)?.read_to_string(&mut text)?;
+        Ok(text)
+    };
+    if let Ok(dir) = root.open_dir(esp::LOADER_ENTRIES_DIR) {
+        let names: Vec<String> = dir
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        let entries = systemd_boot::entries(names.iter().map(String::as_str));
+        if let Some(next) = systemd_boot::next_boot(&entries) {
+            return read(&next.path());
         }
     }
-    Ok(text)
+    let mut block = Vec::new();
+    root.open_file(esp::GRUBENV)?.read_to_end(&mut block)?;
+    let (slot, _) = SlotEnv::from_env(&GrubEnv::parse(&block)?).boot();
+    let cfg = read(&esp::slot_grub_cfg(slot))?;
+    let line = cfg
+        .lines()
+        .find(|l| l.trim_start().starts_with("linux"))
+        .with_context(|| format!("{} has no linux line", esp::slot_grub_cfg(slot)))?;
+    let args: Vec<&str> = line.split_whitespace().skip(2).collect();
+    Ok(format!("options {}\n", args.join(" ").replace('\'', "")))
 }
 
 /// The human-readable form.

@@ -9,6 +9,7 @@ use crate::fsutil;
 use crate::paths::Paths;
 use crate::render::{self, Phase};
 use crate::runner::Cmd;
+use crate::schema;
 use crate::seedfile;
 use crate::sshkeys;
 use crate::steps::{self, Ctx};
@@ -35,6 +36,8 @@ pub fn create_dirs(paths: &Paths) -> Result<()> {
 pub fn run(ctx: &mut Ctx) -> Result<()> {
     let paths = ctx.paths.clone();
     create_dirs(&paths)?;
+    // Nothing on /data is read or written in a layout this image does not know.
+    schema::check_and_migrate(&paths, ctx.out)?;
     // nginx starts after this program: it must find a key and certificate that belong together.
     // A failure here must not stop the rest of the boot (setup may still need to finish).
     if let Err(e) = tls::check_at_boot(ctx) {
@@ -96,6 +99,12 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
 
 /// Mount the ESP on /run/appliance/esp: read-only, or read-write when `rw`.
 fn mount_esp(ctx: &mut Ctx, rw: bool) -> Result<()> {
+    let device = ctx.paths.esp_device();
+    mount_esp_device(ctx, &device, rw)
+}
+
+/// Mount the FAT file system on `device` (an ESP) on /run/appliance/esp.
+pub(crate) fn mount_esp_device(ctx: &mut Ctx, device: &std::path::Path, rw: bool) -> Result<()> {
     let paths = ctx.paths.clone();
     let mnt = paths.esp_mount();
     fsutil::ensure_dir(&mnt, 0o700, None)?;
@@ -108,13 +117,13 @@ fn mount_esp(ctx: &mut Ctx, rw: bool) -> Result<()> {
         "vfat",
         "-o",
         &opts,
-        &paths.esp_device().display().to_string(),
+        &device.display().to_string(),
         &mnt.display().to_string(),
     ]))?;
     Ok(())
 }
 
-fn umount_esp(ctx: &mut Ctx) {
+pub(crate) fn umount_esp(ctx: &mut Ctx) {
     let mnt = ctx.paths.esp_mount();
     let _ = ctx
         .runner

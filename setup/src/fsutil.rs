@@ -26,7 +26,25 @@ pub fn atomic_write_on_fat(path: &Path, data: &[u8]) -> Result<()> {
     replace(path, data, None)
 }
 
+/// [`atomic_write_on_fat`] of everything `data` yields (a kernel or an initrd, read in pieces).
+pub fn atomic_copy_on_fat(path: &Path, data: &mut dyn std::io::Read) -> Result<u64> {
+    let mut copied = 0;
+    replace_with(path, None, &mut |f| {
+        copied = std::io::copy(data, f)?;
+        Ok(())
+    })?;
+    Ok(copied)
+}
+
 fn replace(path: &Path, data: &[u8], access: Option<(u32, Option<Owner>)>) -> Result<()> {
+    replace_with(path, access, &mut |f| f.write_all(data))
+}
+
+fn replace_with(
+    path: &Path,
+    access: Option<(u32, Option<Owner>)>,
+    fill: &mut dyn FnMut(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
@@ -53,8 +71,7 @@ fn replace(path: &Path, data: &[u8], access: Option<(u32, Option<Owner>)>) -> Re
                 chown(&tmp, o)?;
             }
         }
-        f.write_all(data)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        fill(&mut f).with_context(|| format!("cannot write {}", tmp.display()))?;
         f.sync_all()
             .with_context(|| format!("cannot flush {}", tmp.display()))?;
     }

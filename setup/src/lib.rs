@@ -16,6 +16,7 @@ pub mod power;
 pub mod prompt;
 pub mod render;
 pub mod runner;
+pub mod schema;
 pub mod scram;
 pub mod secrets;
 pub mod seedfile;
@@ -27,4 +28,5 @@ pub mod term;
 #[cfg(test)]
 mod testkeys;
 pub mod tls;
+pub mod update;
 pub mod wizard;

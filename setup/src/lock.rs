@@ -35,16 +35,31 @@ fn flock(f: &File, flags: libc::c_int) -> std::io::Result<()> {
     }
 }
 
-/// Take the lock on /data/appliance/lock.
-pub fn exclusive(paths: &Paths, when_busy: WhenBusy, out: &mut dyn Write) -> Result<Lock> {
+/// Take the lock if no other appliance-admin holds it; `None` when one does.
+pub fn try_exclusive(paths: &Paths) -> Result<Option<Lock>> {
+    let file = open(paths)?;
+    match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => Ok(Some(Lock { _file: file })),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+        Err(e) => Err(e).context("cannot lock /data/appliance/lock"),
+    }
+}
+
+fn open(paths: &Paths) -> Result<File> {
     fsutil::ensure_dir(&paths.appliance_dir(), 0o700, None)?;
     let path = paths.appliance_dir().join("lock");
-    let file = OpenOptions::new()
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .with_context(|| format!("cannot open {}", paths.display(&path)))?;
+        .with_context(|| format!("cannot open {}", paths.display(&path)))
+}
+
+/// Take the lock on /data/appliance/lock.
+pub fn exclusive(paths: &Paths, when_busy: WhenBusy, out: &mut dyn Write) -> Result<Lock> {
+    let path = paths.appliance_dir().join("lock");
+    let file = open(paths)?;
     match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
         Ok(()) => return Ok(Lock { _file: file }),
         Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {}
@@ -52,8 +67,8 @@ pub fn exclusive(paths: &Paths, when_busy: WhenBusy, out: &mut dyn Write) -> Res
     }
     match when_busy {
         WhenBusy::Fail => bail!(
-            "another appliance-admin is running (boot, apply, the wizard, hosts or acme renew); \
-             nothing was changed. Try again when it has finished."
+            "another appliance-admin is running (boot, apply, the wizard, hosts, acme renew or \
+             update); nothing was changed. Try again when it has finished."
         ),
         WhenBusy::Wait => {
             let _ = writeln!(
@@ -113,6 +128,9 @@ mod tests {
         drop(held);
         assert!(waiter.join().unwrap());
         // Released again when the waiter's lock was dropped.
-        exclusive(&paths, WhenBusy::Fail, &mut out).unwrap();
+        let again = exclusive(&paths, WhenBusy::Fail, &mut out).unwrap();
+        assert!(try_exclusive(&paths).unwrap().is_none(), "held");
+        drop(again);
+        assert!(try_exclusive(&paths).unwrap().is_some(), "free");
     }
 }

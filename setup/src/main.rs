@@ -6,6 +6,7 @@ use appliance_admin::lock::{self, WhenBusy};
 use appliance_admin::paths::Paths;
 use appliance_admin::runner::SystemRunner;
 use appliance_admin::steps::{self, Ctx};
+use appliance_admin::update::{self, apply, channel, health};
 use appliance_admin::{acme, boot, power, status, term, wizard};
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, Write};
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 #[command(
     name = "appliance-admin",
     version,
-    after_help = "Examples:\n  sudo appliance-admin status\n  sudo appliance-admin hosts add bob\n  sudo appliance-admin hosts passwd bob\n  sudo appliance-admin hosts list"
+    after_help = "Examples:\n  sudo appliance-admin status\n  sudo appliance-admin hosts add bob\n  sudo appliance-admin hosts passwd bob\n  sudo appliance-admin hosts list\n  sudo appliance-admin update apply jitsi-appliance-1.1.0.update\n  sudo appliance-admin update status"
 )]
 struct Cli {
     /// Operate on a machine image mounted at DIR instead of / (for tests).
@@ -62,6 +63,46 @@ enum Command {
         #[command(subcommand)]
         action: AcmeCommand,
     },
+    /// Signed A/B updates: install a new version beside the running one, try it once, keep
+    /// it only if it is healthy (docs/updates.md).
+    Update {
+        #[command(subcommand)]
+        action: UpdateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpdateCommand {
+    /// Check an update bundle completely, write it into the slot that is not running, and arm
+    /// one trial boot of it. Nothing is written unless every check passes.
+    Apply {
+        /// The bundle: a file (e.g. copied with scp), or an https:// URL to download to /data.
+        source: String,
+        /// Install a version older than the running one.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Restart into the new version as soon as it is armed.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Which version runs from which slot, what the other slot holds, the last attempt.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the other slot (a version that ran here before) the one that boots.
+    Rollback {
+        /// Restart into it right away.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Ask the update channel for a newer version, install it, and restart into it inside
+    /// the update window when no meeting is in progress. Run by appliance-update.timer.
+    Check,
+    /// Run at every boot by appliance-update-health.service: commit a healthy trial, leave an
+    /// unhealthy one, record what became of the last attempt.
+    Health,
 }
 
 #[derive(Subcommand)]
@@ -150,9 +191,16 @@ fn run(cli: Cli) -> Result<()> {
     // Commands that change the machine run one at a time. The boot waits (saying so); the
     // others stop at once. The wizard locks once its answers are confirmed.
     let _lock = match &cli.command {
-        Command::Boot => Some(lock::exclusive(&paths, WhenBusy::Wait, &mut stdout)?),
+        Command::Boot
+        | Command::Update {
+            action: UpdateCommand::Health,
+        } => Some(lock::exclusive(&paths, WhenBusy::Wait, &mut stdout)?),
         Command::Apply
         | Command::Acme { .. }
+        | Command::Update {
+            action:
+                UpdateCommand::Apply { .. } | UpdateCommand::Rollback { .. } | UpdateCommand::Check,
+        }
         | Command::Hosts {
             action:
                 HostsCommand::Add { .. } | HostsCommand::Remove { .. } | HostsCommand::Passwd { .. },
@@ -184,6 +232,38 @@ fn run(cli: Cli) -> Result<()> {
             out: &mut stdout,
             from_boot: false,
         }),
+        Command::Update { action } => {
+            let from_boot = matches!(action, UpdateCommand::Health);
+            let mut ctx = Ctx {
+                paths: &paths,
+                runner: &mut runner,
+                out: &mut stdout,
+                from_boot,
+            };
+            match action {
+                UpdateCommand::Apply {
+                    source,
+                    allow_downgrade,
+                    reboot,
+                } => apply::run(
+                    &mut ctx,
+                    &source,
+                    apply::Options {
+                        allow_downgrade,
+                        reboot,
+                    },
+                ),
+                UpdateCommand::Status { json } => update::status::print(&mut ctx, json),
+                UpdateCommand::Rollback { reboot } => update::rollback::run(&mut ctx, reboot),
+                UpdateCommand::Health => {
+                    health::run(&mut ctx, health::Patience::default()).map(|_| ())
+                }
+                UpdateCommand::Check => match channel::check(&mut ctx)? {
+                    channel::CheckOutcome::Unreachable(why) => Err(Temporary(why).into()),
+                    _ => Ok(()),
+                },
+            }
+        }
         Command::Hosts { action } => match action {
             HostsCommand::Add {
                 name,
@@ -222,11 +302,27 @@ fn run(cli: Cli) -> Result<()> {
 /// daily timer retries: it exits with EX_TEMPFAIL, which appliance-acme.service accepts.
 const EXIT_TEMPFAIL: u8 = 75;
 
+/// A failure the next run of a timer may not have (the update channel unreachable).
+#[derive(Debug)]
+struct Temporary(String);
+
+impl std::fmt::Display for Temporary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; appliance-update.timer tries again", self.0)
+    }
+}
+
+impl std::error::Error for Temporary {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let temporary = matches!(cli.command, Command::Acme { .. });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Temporary>().is_some() => {
+            eprintln!("appliance-admin: {e:#}");
+            ExitCode::from(EXIT_TEMPFAIL)
+        }
         Err(e) => {
             eprintln!("appliance-admin: {e:#}");
             if temporary {

@@ -127,6 +127,26 @@ impl Paths {
     pub fn esp_mount(&self) -> PathBuf {
         self.at("/run/appliance/esp")
     }
+    /// What this machine knows of its root slots and the last update attempt.
+    pub fn update_record(&self) -> PathBuf {
+        self.at("/data/appliance/update.toml")
+    }
+    /// Downloaded update bundles, until they are installed.
+    pub fn update_downloads(&self) -> PathBuf {
+        self.at("/data/appliance/update")
+    }
+    /// The version of the layout of /data ([`appliance_spec::DATA_SCHEMA`]).
+    pub fn data_schema(&self) -> PathBuf {
+        self.at("/data/appliance/schema")
+    }
+    /// Set for this boot when /data is newer than this image understands.
+    pub fn data_schema_refused(&self) -> PathBuf {
+        self.at("/run/appliance/data-schema-refused")
+    }
+    /// Where a new root slot is mounted to copy its device trees (Raspberry Pi).
+    pub fn slot_mount(&self) -> PathBuf {
+        self.at("/run/appliance/slot")
+    }
     pub fn console(&self) -> PathBuf {
         self.at("/dev/console")
     }

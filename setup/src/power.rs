@@ -80,7 +80,8 @@ pub fn decide(policy: &Policy, occupants: u32, idle_secs: u64, local_minute: u32
     Decision::Idle(idle_secs / 60)
 }
 
-fn minute_of_day(hhmm: &str) -> Option<u32> {
+/// `HH:MM` as minutes after midnight.
+pub(crate) fn minute_of_day(hhmm: &str) -> Option<u32> {
     let (h, m) = hhmm.split_once(':')?;
     let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
     (h < 24 && m < 60).then_some(h * 60 + m)
@@ -142,7 +143,7 @@ fn now_secs() -> u64 {
 }
 
 /// Local time of day in minutes, by /etc/localtime (the time zone chosen at setup).
-fn local_minute_of_day() -> u32 {
+pub(crate) fn local_minute_of_day() -> u32 {
     let t = now_secs() as libc::time_t;
     // SAFETY: localtime_r only writes into the struct we pass.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };

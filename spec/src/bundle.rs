@@ -118,7 +118,7 @@ pub fn verify(path: &Path, keys: &TrustedKeys, expect: &Expect) -> Result<Verifi
         let entry = entries
             .next()
             .with_context(|| format!("the bundle ends before {want}: it is truncated"))?
-            .context("the bundle is damaged")?;
+            .context("the bundle is truncated or damaged")?;
         let name = entry.path()?.to_string_lossy().into_owned();
         if name != want {
             bail!("the bundle holds {name:?} where {want:?} belongs: not a bundle of this format");
@@ -152,9 +152,9 @@ pub fn verify(path: &Path, keys: &TrustedKeys, expect: &Expect) -> Result<Verifi
         let mut buf = vec![0u8; 1 << 20];
         let mut len = 0u64;
         loop {
-            let n = entry
-                .read(&mut buf)
-                .with_context(|| format!("reading {name} from the bundle"))?;
+            let n = entry.read(&mut buf).with_context(|| {
+                format!("reading {name} from the bundle: it is truncated or damaged")
+            })?;
             if n == 0 {
                 break;
             }

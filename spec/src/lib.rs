@@ -6,6 +6,7 @@
 //! - [`arch`]: architectures and boards;
 //! - [`layout`]: the partition table as data (labels, types, slots, sizes, flags);
 //! - [`esp`]: paths on the EFI system partition, the seed file name;
+//! - [`bootcfg`]: the boot configuration of each firmware (which slot boots, trials, commits);
 //! - [`ready`]: the readiness line a booted image prints, and what a healthy boot reports;
 //! - [`seed`], [`validate`]: the first-boot seed schema and the checks of every answer;
 //! - [`verity`]: the dm-verity hash tree;
@@ -14,6 +15,7 @@
 //! - [`template`]: the template dialect of build-time and setup-time templates.
 
 pub mod arch;
+pub mod bootcfg;
 pub mod bundle;
 pub mod cmdline;
 pub mod esp;

@@ -3,33 +3,38 @@
 //! The MBR gets GRUB's `boot.img` code, which loads the first sector of `core.img`
 //! (`diskboot.img`) from the start of the GPT BIOS-boot partition; that sector's blocklist
 //! loads the rest of core.img. core.img embeds an early config that finds the ESP by its FAT
-//! volume uuid, so `normal` then reads `(ESP)/grub/grub.cfg`. Offsets come from GRUB 2.06's
+//! volume uuid, so `normal` then reads `(ESP)/grub/grub.cfg`, which picks the root slot from
+//! `(ESP)/grub/grubenv` ([`appliance_spec::bootcfg::grub`]). Offsets come from GRUB 2.06's
 //! `include/grub/i386/pc/boot.h` and `util/setup.c`.
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-use appliance_spec::{esp, Slot};
+use appliance_spec::bootcfg::grub::{main_cfg, slot_cfg, SlotEnv};
+use appliance_spec::esp;
 
 use super::BootInputs;
 use crate::filesystems::esp::{EspFile, EspSource};
 
-/// GRUB's configuration on the ESP (core.img goes into the BIOS boot partition, see [`build`]).
-pub fn esp_files(inputs: &BootInputs) -> Vec<EspFile> {
-    vec![EspFile {
-        path: esp::GRUB_CFG.into(),
-        source: EspSource::Bytes(
-            grub_cfg(
-                &inputs.title,
-                &format!("/{}", esp::kernel(Slot::A)),
-                &format!("/{}", esp::initrd(Slot::A)),
-                &inputs.cmdline(),
-                inputs.timeout,
-            )
-            .into_bytes(),
-        ),
-    }]
+/// GRUB's configuration on the ESP (core.img goes into the BIOS boot partition, see [`build`]):
+/// the static grub.cfg, the environment that makes slot A boot, and slot A's fragment.
+pub fn esp_files(inputs: &BootInputs) -> Result<Vec<EspFile>> {
+    let slot = inputs.slot_a();
+    Ok(vec![
+        EspFile {
+            path: esp::GRUB_CFG.into(),
+            source: EspSource::Bytes(main_cfg(inputs.name, inputs.timeout).into_bytes()),
+        },
+        EspFile {
+            path: esp::GRUBENV.into(),
+            source: EspSource::Bytes(SlotEnv::first_image().to_block()?),
+        },
+        EspFile {
+            path: esp::slot_grub_cfg(slot.slot),
+            source: EspSource::Bytes(slot_cfg(&slot).into_bytes()),
+        },
+    ])
 }
 
 /// Default location of the i386-pc GRUB modules (Debian package grub-pc-bin).
@@ -48,6 +53,8 @@ pub const MODULES: &[&str] = &[
     "search_fs_uuid",
     "echo",
     "test",
+    // grubenv: the slot choice (load_env) and the mark of a trial boot (save_env).
+    "loadenv",
     "serial",
     "terminal",
     // Lets a config power the machine off, e.g. after a failed boot or in tests.
@@ -148,41 +155,6 @@ pub fn build(
     })
 }
 
-/// The grub.cfg for ESP `/grub/grub.cfg`: serial (unit 0, 115200) and console terminals,
-/// `timeout_secs`, and one menu entry booting `kernel_path`/`initrd_path` (ESP paths) with
-/// `cmdline`.
-pub fn grub_cfg(
-    title: &str,
-    kernel_path: &str,
-    initrd_path: &str,
-    cmdline: &str,
-    timeout_secs: u32,
-) -> String {
-    // Every word is single-quoted so GRUB's shell-like parser passes `$`, `;`, `"` through.
-    let args: Vec<String> = cmdline.split_whitespace().map(quote).collect();
-    format!(
-        "serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1\n\
-         terminal_input serial console\n\
-         terminal_output serial console\n\
-         set default=0\n\
-         set timeout={timeout_secs}\n\
-         \n\
-         menuentry {title} {{\n\
-         \x20   linux {kernel} {args}\n\
-         \x20   initrd {initrd}\n\
-         }}\n",
-        title = quote(title),
-        kernel = quote(kernel_path),
-        initrd = quote(initrd_path),
-        args = args.join(" "),
-    )
-}
-
-/// GRUB script single-quoting: `'` itself is written as `'\''`.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 fn is_fat_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 9
@@ -249,6 +221,8 @@ fn patch_boot(boot: &[u8], start_lba: u64) -> Result<[u8; 440]> {
 mod tests {
     use super::*;
     use crate::filesystems::esp;
+    use appliance_spec::esp::{slot_grub_cfg, GRUBENV, GRUB_CFG};
+    use appliance_spec::Slot;
     use std::collections::BTreeMap;
     use std::fs::{File, OpenOptions};
     use std::io::{Seek, SeekFrom, Write};
@@ -383,47 +357,95 @@ mod tests {
         }
     }
 
-    #[test]
-    fn seabios_boots_grub_from_esp() {
-        require("qemu-system-x86_64", "qemu-system-x86");
-        let tmp = tempfile::tempdir().unwrap();
-        let uuid = esp::volume_uuid_string(ESP_ID);
+    /// The slot grubenv on the disk's ESP says.
+    fn grubenv_on(disk: &Path) -> SlotEnv {
+        use std::io::Read;
+        let f = File::open(disk).unwrap();
+        let slice =
+            fscommon::StreamSlice::new(f, ESP_LBA * 512, ESP_LBA * 512 + ESP_BYTES).unwrap();
+        let fs = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()).unwrap();
+        let mut block = Vec::new();
+        fs.root_dir()
+            .open_file(GRUBENV)
+            .unwrap()
+            .read_to_end(&mut block)
+            .unwrap();
+        SlotEnv::from_env(&appliance_spec::bootcfg::grub::GrubEnv::parse(&block).unwrap())
+    }
+
+    /// A BIOS disk with the real grub.cfg and `env` on its ESP; each slot's fragment prints
+    /// which slot it is and powers off instead of starting a kernel.
+    fn grub_disk(dir: &Path, name: &str, env: &SlotEnv) -> PathBuf {
+        let work = dir.join(name);
+        std::fs::create_dir_all(&work).unwrap();
         let grub = build(
             Path::new(DEFAULT_MODULES_DIR),
-            &uuid,
+            &esp::volume_uuid_string(ESP_ID),
             BIOS_BOOT_LBA,
             BIOS_BOOT_SECTORS * 512,
-            tmp.path(),
+            &work,
         )
         .unwrap();
-        // The real config's terminal setup, with a test entry instead of a kernel.
-        let cfg = grub_cfg("unused", "/k", "/i", "", 0);
-        let header: String = cfg
-            .lines()
-            .take_while(|l| !l.starts_with("menuentry"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let cfg = format!("{header}menuentry 'test' {{\n    echo GRUB-BIOS-OK\n    halt\n}}\n");
-        let esp_img = tmp.path().join("esp.img");
-        esp::write_esp(
-            &esp_img,
-            ESP_BYTES,
-            ESP_ID,
-            "ESP",
-            &[EspFile {
-                path: "grub/grub.cfg".into(),
-                source: EspSource::Bytes(cfg.into_bytes()),
-            }],
-            0,
-        )
-        .unwrap();
-        let disk = tmp.path().join("disk.img");
+        let bytes = |path: String, b: Vec<u8>| EspFile {
+            path,
+            source: EspSource::Bytes(b),
+        };
+        let mut files = vec![
+            bytes(GRUB_CFG.into(), main_cfg("test", 0).into_bytes()),
+            bytes(GRUBENV.into(), env.to_block().unwrap()),
+        ];
+        for slot in Slot::ALL {
+            files.push(bytes(
+                slot_grub_cfg(slot),
+                format!("echo GRUB-SLOT-{slot}-BOOTS\nhalt\n").into_bytes(),
+            ));
+        }
+        let esp_img = work.join("esp.img");
+        esp::write_esp(&esp_img, ESP_BYTES, ESP_ID, "ESP", &files, 0).unwrap();
+        let disk = work.join("disk.img");
         make_disk(&disk, Some(grub.mbr_boot_code), &grub.core_img, &esp_img);
         esp::fsck_range(&disk, ESP_LBA * 512, ESP_BYTES).unwrap();
+        disk
+    }
 
-        let log = tmp.path().join("serial.log");
-        let text = boot_until(&disk, &log, &[], &["GRUB-BIOS-OK"], Duration::from_secs(60));
-        eprintln!("serial log:\n{text}");
+    fn boot_grub(disk: &Path, n: u32, slot: Slot) {
+        let log = disk.with_file_name(format!("serial-{n}.log"));
+        let want = format!("GRUB-SLOT-{slot}-BOOTS");
+        let other = format!("GRUB-SLOT-{}-BOOTS", slot.other());
+        let text = boot_until(disk, &log, &[], &[&want], Duration::from_secs(60));
+        assert!(!text.contains(&other), "both slots started:\n{text}");
+        assert!(!text.contains("error:"), "GRUB reported an error:\n{text}");
+    }
+
+    /// SeaBIOS boots GRUB from the BIOS-boot partition; the real grub.cfg reads grubenv from
+    /// the ESP, boots a slot on trial once (saving its mark on the FAT file system first) and
+    /// then the committed slot again, and boots a committed slot without writing anything.
+    #[test]
+    fn seabios_boots_grub_which_tries_a_slot_once() {
+        require("qemu-system-x86_64", "qemu-system-x86");
+        let tmp = tempfile::tempdir().unwrap();
+
+        let mut armed = SlotEnv::first_image();
+        armed.arm(Slot::B);
+        let disk = grub_disk(tmp.path(), "armed", &armed);
+        boot_grub(&disk, 1, Slot::B);
+        let after = grubenv_on(&disk);
+        assert!(after.b.tried, "the trial was not marked: {after:?}");
+        assert_eq!(after, armed.boot().1);
+        esp::fsck_range(&disk, ESP_LBA * 512, ESP_BYTES).unwrap();
+        // Nobody committed slot B: the next boot is slot A's, and changes nothing.
+        boot_grub(&disk, 2, Slot::A);
+        assert_eq!(grubenv_on(&disk), after);
+
+        let mut committed = armed;
+        committed.commit(Slot::B);
+        let disk = grub_disk(tmp.path(), "committed", &committed);
+        boot_grub(&disk, 1, Slot::B);
+        assert_eq!(grubenv_on(&disk), committed);
+
+        // The first image's environment boots slot A.
+        let disk = grub_disk(tmp.path(), "first", &SlotEnv::first_image());
+        boot_grub(&disk, 1, Slot::A);
     }
 
     #[test]
@@ -512,22 +534,5 @@ mod tests {
         let ok = build(dir, "1234-ABCD", 2048, 1 << 20, tmp.path()).unwrap();
         assert_eq!(ok.core_img.len() % 512, 0);
         assert_eq!(&ok.core_img[0x1f4..0x1fc], &2049u64.to_le_bytes());
-    }
-
-    #[test]
-    fn grub_cfg_quotes_and_sets_terminals() {
-        let cfg = grub_cfg(
-            "Debian's appliance",
-            "/debian/vmlinuz",
-            "/debian/initrd.img",
-            "root=/dev/dm-0 ro a=$x",
-            3,
-        );
-        assert!(cfg.contains("serial --unit=0 --speed=115200"));
-        assert!(cfg.contains("terminal_output serial console"));
-        assert!(cfg.contains("set timeout=3\n"));
-        assert!(cfg.contains(r"menuentry 'Debian'\''s appliance' {"));
-        assert!(cfg.contains("    linux '/debian/vmlinuz' 'root=/dev/dm-0' 'ro' 'a=$x'\n"));
-        assert!(cfg.contains("    initrd '/debian/initrd.img'\n"));
     }
 }

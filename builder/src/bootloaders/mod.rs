@@ -2,7 +2,9 @@
 //! files, and the kernel command line they all pass to the same kernel and initrd on the ESP.
 //!
 //! Each boot loader turns the same [`BootInputs`] into the files it needs on the ESP; the
-//! build writes them all to one FAT volume.
+//! build writes them all to one FAT volume. What the files say (slot A, generation 1) is the
+//! boot configuration of [`appliance_spec::bootcfg`], which the machine rewrites when it
+//! installs an update into slot B.
 
 pub mod grub_bios;
 pub mod raspberry_pi;
@@ -11,6 +13,7 @@ pub mod systemd_boot;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use appliance_spec::bootcfg::SlotBoot;
 use appliance_spec::{cmdline, esp, Arch, Board, Slot};
 
 use crate::filesystems::esp::{EspFile, EspSource};
@@ -21,8 +24,10 @@ pub use appliance_spec::cmdline::RootSpec;
 pub struct BootInputs<'a> {
     pub arch: Arch,
     pub board: Board,
-    /// The menu title.
-    pub title: String,
+    /// `[image] name`: GRUB's menu title.
+    pub name: &'a str,
+    /// The image and its version, e.g. `jitsi-appliance 1.2.0`: the boot entries' title.
+    pub image: String,
     pub kernel_version: &'a str,
     pub kernel: &'a Path,
     pub initrd: &'a Path,
@@ -42,7 +47,19 @@ pub struct BootInputs<'a> {
 impl BootInputs<'_> {
     /// The command line of UEFI and BIOS boots.
     pub fn cmdline(&self) -> String {
-        kernel_cmdline(self.arch, self.root, self.extra_cmdline)
+        self.slot_a().cmdline()
+    }
+
+    /// What the boot loaders start: slot A, the slot the image boots first.
+    pub fn slot_a(&self) -> SlotBoot {
+        SlotBoot {
+            slot: Slot::A,
+            image: self.image.clone(),
+            kernel_version: self.kernel_version.to_string(),
+            arch: self.arch,
+            root: self.root.clone(),
+            system_args: cmdline::system_args(self.extra_cmdline),
+        }
     }
 }
 
@@ -62,7 +79,7 @@ pub fn esp_files(inputs: &BootInputs) -> Result<Vec<EspFile>> {
         files.extend(systemd_boot::esp_files(inputs)?);
     }
     if inputs.bios {
-        files.extend(grub_bios::esp_files(inputs));
+        files.extend(grub_bios::esp_files(inputs)?);
     }
     if inputs.board == Board::RaspberryPi {
         if inputs.raspberry_pi_files.is_empty() {

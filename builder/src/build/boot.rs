@@ -1,6 +1,7 @@
 //! Stage 6: the boot files. Kernel, initrd and systemd-boot (and for the Pi its firmware) come
-//! from the package layer; the boot loaders say what goes on the ESP; the ESP is written, with
-//! the first-boot seed when `[firstboot]` is set.
+//! from the package layer; the boot loaders say what goes on the ESP (slot A, generation 1 of
+//! [`appliance_spec::bootcfg`]); the ESP is written, with the first-boot seed when
+//! `[firstboot]` is set.
 
 use std::path::PathBuf;
 
@@ -33,7 +34,8 @@ pub fn prepare(
     let inputs = BootInputs {
         arch: config.image.arch,
         board: config.image.board,
-        title: format!("{} ({})", config.image.name, contents.kernel_version),
+        name: &config.image.name,
+        image: format!("{} {}", config.image.name, config.image.version),
         kernel_version: &contents.kernel_version,
         kernel: &contents.kernel,
         initrd: &contents.initrd,
