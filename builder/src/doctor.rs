@@ -85,6 +85,8 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
     // The DNS stub of the Let's Encrypt test is checked with dig.
     ("dig", "bind9-dnsutils", false, "tests"),
     ("veritysetup", "cryptsetup-bin", false, "tests"),
+    // The backup tests open an `appliance-admin backup create` archive with the age tool.
+    ("age", "age", false, "tests"),
     ("sfdisk", "fdisk", false, "tests"),
     ("qemu-system-x86_64", "qemu-system-x86", true, "tests"),
     ("qemu-system-aarch64", "qemu-system-arm", true, "tests"),

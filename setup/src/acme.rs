@@ -9,6 +9,7 @@ use crate::fsutil;
 use crate::paths::{self, Paths};
 use crate::runner::Cmd;
 use crate::secrets::random_token;
+use crate::services;
 use crate::steps::Ctx;
 use crate::tls;
 use anyhow::{bail, Context, Result};
@@ -163,6 +164,41 @@ fn http_get(addr: &SocketAddr, host: &str, token: &str) -> Result<String, String
     Ok(body.to_string())
 }
 
+/// `dehydrated --config CONFIG ARGS`, trusting the CA bundle of a private CA when there is one.
+fn dehydrated(config: &str, ca: &Option<String>, args: &[&str]) -> Cmd {
+    let cmd = Cmd::new("dehydrated")
+        .args(["--config", config])
+        .args(args.iter().copied());
+    match ca {
+        Some(ca) => cmd.env("CURL_CA_BUNDLE", ca.clone()),
+        None => cmd,
+    }
+}
+
+/// Has dehydrated registered an account (with any CA) yet?
+fn has_account(paths: &Paths) -> bool {
+    fs::read_dir(paths.acme_dir().join("accounts")).is_ok_and(|rd| {
+        rd.filter_map(|e| e.ok())
+            .any(|e| e.path().join("account_key.pem").is_file())
+    })
+}
+
+/// Give the account dehydrated registered the new contact address (`--register` leaves an
+/// existing account as it is). Returns false when there is no account to update yet: the next
+/// certificate request registers one with the new address.
+pub fn update_contact(ctx: &mut Ctx, answers: &Answers) -> Result<bool> {
+    let Some(le) = &answers.letsencrypt else {
+        return Ok(false);
+    };
+    if !has_account(ctx.paths) {
+        return Ok(false);
+    }
+    let (config, ca) = write_config(ctx.paths, answers, le)?;
+    ctx.runner
+        .check(&dehydrated(&config, &ca, &["--account"]))?;
+    Ok(true)
+}
+
 /// Get or renew the certificate and install it. `quiet`: print nothing unless something
 /// changed or went wrong (for the daily timer).
 pub fn obtain(ctx: &mut Ctx, answers: &Answers, quiet: bool) -> Result<Outcome> {
@@ -173,25 +209,15 @@ pub fn obtain(ctx: &mut Ctx, answers: &Answers, quiet: bool) -> Result<Outcome> 
     if let Err(why) = check_reachable(ctx.paths, &answers.domain) {
         bail!("{why}");
     }
-    let with_ca = |c: Cmd| match &ca {
-        Some(ca) => c.env("CURL_CA_BUNDLE", ca.clone()),
-        None => c,
-    };
     if !quiet {
         ctx.say(&format!(
             "setup: asking {} for a certificate for {}",
             le.directory, answers.domain
         ));
     }
-    ctx.runner.check(&with_ca(Cmd::new("dehydrated").args([
-        "--config",
-        &config,
-        "--register",
-        "--accept-terms",
-    ])))?;
-    let out = ctx.runner.check(&with_ca(
-        Cmd::new("dehydrated").args(["--config", &config, "--cron"]),
-    ))?;
+    ctx.runner
+        .check(&dehydrated(&config, &ca, &["--register", "--accept-terms"]))?;
+    let out = ctx.runner.check(&dehydrated(&config, &ca, &["--cron"]))?;
     let outcome = install_issued(ctx, &answers.domain, &out.stdout)?;
     if outcome == Outcome::Installed {
         ctx.say(&format!(
@@ -223,8 +249,7 @@ pub fn install_issued(ctx: &mut Ctx, domain: &str, dehydrated_said: &str) -> Res
         return Ok(Outcome::Unchanged);
     }
     tls::install_pair(ctx.paths, &chain, &key)?;
-    ctx.systemctl(&["reload-or-restart", "nginx.service"])?;
-    ctx.systemctl(&["try-restart", "coturn.service"])?;
+    services::certificate_changed(ctx)?;
     Ok(Outcome::Installed)
 }
 

@@ -207,6 +207,20 @@ pub fn lookup_group(group: &Path, name: &str) -> Result<Option<u32>> {
     Ok(None)
 }
 
+/// The name of user or group `id` in a passwd- or group-format file (name in the first field,
+/// the number in the third).
+pub fn name_of_id(file: &Path, id: u32) -> Result<Option<String>> {
+    let text = match fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    Ok(text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 3 && f[2].parse() == Ok(id)).then(|| f[0].to_string())
+    }))
+}
+
 /// Flush every filesystem (used after deleting the seed on the FAT ESP).
 pub fn sync_all() {
     // SAFETY: sync has no preconditions.
@@ -250,6 +264,9 @@ mod tests {
         fs::write(&g, "root:x:0:\nturnserver:x:120:\n").unwrap();
         assert_eq!(lookup_group(&g, "turnserver").unwrap(), Some(120));
         assert_eq!(lookup_group(&d.path().join("none"), "x").unwrap(), None);
+        assert_eq!(name_of_id(&p, 105).unwrap().as_deref(), Some("prosody"));
+        assert_eq!(name_of_id(&g, 120).unwrap().as_deref(), Some("turnserver"));
+        assert_eq!(name_of_id(&g, 7).unwrap(), None);
     }
 
     #[test]

@@ -6,20 +6,27 @@
 
 pub mod acme;
 pub mod answers;
+pub mod backup;
+pub mod backup_cli;
 pub mod boot;
 pub mod cloud;
+pub mod domain;
 pub mod fsutil;
 pub mod hosts;
 pub mod lock;
+pub mod passphrase;
 pub mod paths;
 pub mod power;
 pub mod prompt;
 pub mod render;
+pub mod restore;
 pub mod runner;
 pub mod schema;
 pub mod scram;
 pub mod secrets;
 pub mod seedfile;
+pub mod services;
+pub mod settings;
 pub mod sshkeys;
 pub mod state;
 pub mod status;

@@ -3,11 +3,12 @@
 use anyhow::{bail, Result};
 use appliance_admin::hosts::{self, PasswordSource};
 use appliance_admin::lock::{self, WhenBusy};
+use appliance_admin::passphrase::Source;
 use appliance_admin::paths::Paths;
 use appliance_admin::runner::SystemRunner;
 use appliance_admin::steps::{self, Ctx};
 use appliance_admin::update::{self, apply, channel, health};
-use appliance_admin::{acme, boot, power, status, term, wizard};
+use appliance_admin::{acme, backup_cli, boot, domain, power, settings, status, term, wizard};
 use clap::{Parser, Subcommand};
 use std::io::{BufRead, Write};
 use std::os::unix::io::AsRawFd;
@@ -69,6 +70,17 @@ enum Command {
         #[command(subcommand)]
         action: UpdateCommand,
     },
+    /// Change what the setup asked (domain, Let's Encrypt e-mail, power-off, time zone, SSH
+    /// keys); each change is applied at once.
+    Settings {
+        #[command(subcommand)]
+        action: SettingsCommand,
+    },
+    /// An encrypted backup of this machine, and restoring one on a new machine.
+    Backup {
+        #[command(subcommand)]
+        action: BackupCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +115,95 @@ enum UpdateCommand {
     /// Run at every boot by appliance-update-health.service: commit a healthy trial, leave an
     /// unhealthy one, record what became of the last attempt.
     Health,
+}
+
+#[derive(Subcommand)]
+enum SettingsCommand {
+    /// Show the current settings.
+    Show,
+    /// Serve the meetings under another domain name; the hosts, the certificate and the
+    /// configuration follow. Meetings in progress are interrupted.
+    Domain {
+        /// The new domain, e.g. meet.example.org.
+        name: String,
+    },
+    /// Set the e-mail address for Let's Encrypt (asks to accept its terms), or turn Let's
+    /// Encrypt off with --none (a self-signed certificate is used).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["address", "none"])))]
+    Email {
+        /// e.g. it@example.org
+        address: Option<String>,
+        /// No Let's Encrypt: use a self-signed certificate.
+        #[arg(long)]
+        none: bool,
+        /// Accept Let's Encrypt's terms of service without being asked (for scripts).
+        #[arg(long)]
+        accept_terms: bool,
+    },
+    /// When the machine powers itself off; options not given stay as they are.
+    PowerOff {
+        /// Power off after N minutes without a meeting (0: never when idle).
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        idle_minutes: Option<i64>,
+        /// Power off every day at HH:MM (24-hour), or `none`.
+        #[arg(long, value_name = "HH:MM|none")]
+        daily_at: Option<String>,
+        /// Never power off by itself.
+        #[arg(long)]
+        never: bool,
+    },
+    /// The time zone, e.g. Europe/Berlin.
+    Timezone { zone: String },
+    /// The SSH keys that may log in as admin.
+    SshKeys {
+        #[command(subcommand)]
+        action: SshKeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SshKeysCommand {
+    /// List the keys with their fingerprints.
+    List,
+    /// Add a public key: the whole line of a .pub file, e.g. ssh-ed25519 AAAA… alice@laptop.
+    Add {
+        #[arg(required = true, num_args = 1.., value_name = "KEY")]
+        key: Vec<String>,
+    },
+    /// Remove the key with this fingerprint (SHA256:…, as `list` shows it). The last key
+    /// cannot be removed.
+    Remove { fingerprint: String },
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Write an encrypted backup (an age file; asks for a passphrase twice).
+    Create {
+        /// Where to write it; `-` for standard output (the default when it is not a terminal).
+        #[arg(long, value_name = "FILE|-")]
+        out: Option<PathBuf>,
+        /// Read the passphrase from the first line of standard input.
+        #[arg(long)]
+        passphrase_stdin: bool,
+        /// Read the passphrase from the first line of FILE.
+        #[arg(long, value_name = "FILE", conflicts_with = "passphrase_stdin")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Restore a backup on a freshly written machine, then finish its setup as the old one.
+    Restore {
+        /// The backup; `-` for standard input (after the passphrase line with
+        /// --passphrase-stdin).
+        file: PathBuf,
+        /// Read the passphrase from the first line of standard input.
+        #[arg(long)]
+        passphrase_stdin: bool,
+        /// Read the passphrase from the first line of FILE.
+        #[arg(long, value_name = "FILE", conflicts_with = "passphrase_stdin")]
+        passphrase_file: Option<PathBuf>,
+        /// Replace the setup of a machine that is already set up.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,6 +306,10 @@ fn run(cli: Cli) -> Result<()> {
             action:
                 HostsCommand::Add { .. } | HostsCommand::Remove { .. } | HostsCommand::Passwd { .. },
         } => Some(lock::exclusive(&paths, WhenBusy::Fail, &mut stdout)?),
+        Command::Settings { action } if !settings_reads_only(action) => {
+            Some(lock::exclusive(&paths, WhenBusy::Fail, &mut stdout)?)
+        }
+        Command::Backup { .. } => Some(lock::exclusive(&paths, WhenBusy::Fail, &mut stdout)?),
         _ => None,
     };
     match cli.command {
@@ -295,7 +400,87 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Settings { action } => {
+            let mut ctx = Ctx {
+                paths: &paths,
+                runner: &mut runner,
+                out: &mut stdout,
+                from_boot: false,
+            };
+            match action {
+                SettingsCommand::Show => settings::show(&paths, ctx.out),
+                SettingsCommand::Domain { name } => domain::change(&mut ctx, &name),
+                SettingsCommand::Email {
+                    address,
+                    none: _,
+                    accept_terms,
+                } => settings::email(
+                    &mut ctx,
+                    address.as_deref(),
+                    &mut settings::TerminalTerms {
+                        accepted_beforehand: accept_terms,
+                    },
+                ),
+                SettingsCommand::PowerOff {
+                    idle_minutes,
+                    daily_at,
+                    never,
+                } => settings::power_off(&mut ctx, idle_minutes, daily_at.as_deref(), never),
+                SettingsCommand::Timezone { zone } => settings::timezone(&mut ctx, &zone),
+                SettingsCommand::SshKeys { action } => match action {
+                    SshKeysCommand::List => settings::ssh_keys_list(&paths, ctx.out),
+                    SshKeysCommand::Add { key } => {
+                        settings::ssh_keys_add(&paths, &key.join(" "), ctx.out)
+                    }
+                    SshKeysCommand::Remove { fingerprint } => {
+                        settings::ssh_keys_remove(&paths, &fingerprint, ctx.out)
+                    }
+                },
+            }
+        }
+        Command::Backup {
+            action:
+                BackupCommand::Create {
+                    out,
+                    passphrase_stdin,
+                    passphrase_file,
+                },
+        } => backup_cli::create(
+            &paths,
+            out.as_deref(),
+            &Source::new(passphrase_stdin, passphrase_file),
+        ),
+        Command::Backup {
+            action:
+                BackupCommand::Restore {
+                    file,
+                    passphrase_stdin,
+                    passphrase_file,
+                    force,
+                },
+        } => backup_cli::restore(
+            &mut Ctx {
+                paths: &paths,
+                runner: &mut runner,
+                out: &mut stdout,
+                from_boot: false,
+            },
+            &file,
+            &Source::new(passphrase_stdin, passphrase_file),
+            force,
+        ),
     }
+}
+
+/// Settings commands that only read (they need no lock).
+fn settings_reads_only(action: &SettingsCommand) -> bool {
+    matches!(
+        action,
+        SettingsCommand::Show
+            | SettingsCommand::SshKeys {
+                action: SshKeysCommand::List
+            }
+    )
 }
 
 /// `acme renew` failing (domain not pointing here yet, CA unreachable) is a temporary state the

@@ -94,6 +94,14 @@ impl Paths {
     pub fn nginx_site(&self) -> PathBuf {
         self.at("/data/config/nginx/site.conf")
     }
+    /// The SSH host keys and the authorized keys.
+    pub fn ssh_dir(&self) -> PathBuf {
+        self.at("/data/ssh")
+    }
+    /// What the image says about itself (name, version, data schema).
+    pub fn release(&self) -> PathBuf {
+        self.at(appliance_spec::release::RELEASE_FILE)
+    }
     pub fn authorized_keys_dir(&self) -> PathBuf {
         self.at("/data/ssh/authorized_keys")
     }

@@ -192,29 +192,9 @@ impl AccountStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", p.display())),
         };
-        let field = |k: &str| -> Option<String> {
-            text.lines().find_map(|l| {
-                let l = l.trim();
-                let rest = l.strip_prefix(&format!("[\"{k}\"] = "))?;
-                Some(rest.trim_end_matches(';').trim_matches('"').to_string())
-            })
-        };
-        match (
-            field("salt"),
-            field("iteration_count"),
-            field("stored_key"),
-            field("server_key"),
-        ) {
-            (Some(salt), Some(i), Some(stored_key), Some(server_key)) => Ok(Some(Credentials {
-                salt,
-                iteration_count: i
-                    .parse()
-                    .with_context(|| format!("bad iteration_count in {}", p.display()))?,
-                stored_key,
-                server_key,
-            })),
-            _ => bail!("{} is not a hashed Prosody account", p.display()),
-        }
+        parse_account(&text)
+            .map(Some)
+            .map_err(|why| anyhow::anyhow!("{}: {why}", p.display()))
     }
 
     pub fn exists(&self, user: &str) -> bool {
@@ -243,6 +223,34 @@ impl AccountStore {
         }
         names.sort();
         Ok(names)
+    }
+}
+
+/// The credentials in the text of an account file as [`AccountStore::write`] and Prosody write
+/// it; an error says what is missing.
+pub fn parse_account(text: &str) -> Result<Credentials, String> {
+    let field = |k: &str| -> Option<String> {
+        text.lines().find_map(|l| {
+            let l = l.trim();
+            let rest = l.strip_prefix(&format!("[\"{k}\"] = "))?;
+            Some(rest.trim_end_matches(';').trim_matches('"').to_string())
+        })
+    };
+    match (
+        field("salt"),
+        field("iteration_count"),
+        field("stored_key"),
+        field("server_key"),
+    ) {
+        (Some(salt), Some(i), Some(stored_key), Some(server_key)) => Ok(Credentials {
+            salt,
+            iteration_count: i
+                .parse()
+                .map_err(|_| "its iteration_count is not a number".to_string())?,
+            stored_key,
+            server_key,
+        }),
+        _ => Err("this is not a hashed Prosody account".into()),
     }
 }
 

@@ -1,12 +1,25 @@
 //! `appliance-admin status`: where the setup stands, in words.
 
-use crate::answers::Answers;
+use crate::answers::{Answers, PowerOffAnswers};
 use crate::paths::Paths;
 use crate::scram::AccountStore;
 use crate::state::State;
 use crate::steps::STEPS;
 use anyhow::Result;
 use std::io::Write;
+
+/// The power-off policy in words: "after 30 idle minutes, daily at 23:30".
+pub fn power_off_text(p: &PowerOffAnswers) -> String {
+    let idle = match p.idle_minutes {
+        0 => "never when idle".to_string(),
+        n => format!("after {n} idle minutes"),
+    };
+    let daily = p
+        .daily_at
+        .as_deref()
+        .map_or(String::new(), |t| format!(", daily at {t}"));
+    format!("{idle}{daily}")
+}
 
 pub fn print(paths: &Paths, out: &mut dyn Write) -> Result<()> {
     let state = State::load(&paths.state())?;
@@ -56,16 +69,7 @@ pub fn print(paths: &Paths, out: &mut dyn Write) -> Result<()> {
     };
     writeln!(out, "Certificate: {cert}")?;
     writeln!(out, "Time zone: {}", a.timezone)?;
-    let idle = match a.power_off.idle_minutes {
-        0 => "never when idle".to_string(),
-        n => format!("after {n} idle minutes"),
-    };
-    let daily = a
-        .power_off
-        .daily_at
-        .as_deref()
-        .map_or(String::new(), |t| format!(", daily at {t}"));
-    writeln!(out, "Power off: {idle}{daily}")?;
+    writeln!(out, "Power off: {}", power_off_text(&a.power_off))?;
     writeln!(out, "Steps:")?;
     for (n, title) in STEPS {
         writeln!(

@@ -196,7 +196,7 @@ fn host_accounts(paths: &Paths, answers: &Answers) -> Result<()> {
 
 /// Not fatal: without a certificate from the CA the self-signed one stays and the daily timer
 /// tries again, so setup still completes.
-fn letsencrypt(ctx: &mut Ctx, answers: &Answers) -> Result<()> {
+pub fn letsencrypt(ctx: &mut Ctx, answers: &Answers) -> Result<()> {
     if answers.letsencrypt.is_none() {
         ctx.say("setup: no e-mail address for Let's Encrypt was given; keeping the self-signed certificate.");
         return Ok(());
