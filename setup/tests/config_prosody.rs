@@ -148,6 +148,56 @@ fn check_logins(m: &Machine, http: u16) -> Result<Vec<String>, String> {
     Ok(seen)
 }
 
+/// Bytes of whitespace (allowed between stanzas) sent ahead of a STARTTLS request to see how
+/// fast Prosody reads a client connection, and the least time that must take: mod_limits reads
+/// 10 kB/s, so 50 kB take about 5 s (each read of up to 8 KiB is processed, then paid for with
+/// a pause); without a limit they take milliseconds.
+const C2S_PADDING: usize = 50_000;
+const C2S_PADDING_MIN_TIME: Duration = Duration::from_millis(2500);
+
+/// Opens a client stream on Prosody's c2s port, sends [`C2S_PADDING`] bytes of whitespace and a
+/// STARTTLS request, and returns how long Prosody took to answer it.
+fn c2s_reading_time(port: u16) -> Result<Duration, String> {
+    use std::io::Write;
+    let fail = |what: &str, e: std::io::Error| format!("c2s on port {port}: {what}: {e}");
+    let mut conn =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| fail("connect", e))?;
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| fail("timeout", e))?;
+    let read_until = |conn: &mut std::net::TcpStream, needles: &[&str]| -> Result<String, String> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).map_err(|e| fail("read", e))?;
+            if n == 0 {
+                return Err(format!(
+                    "Prosody closed the c2s stream: {}",
+                    String::from_utf8_lossy(&seen)
+                ));
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if needles.iter().any(|n| text.contains(n)) {
+                return Ok(text);
+            }
+        }
+    };
+    write!(
+        conn,
+        "<?xml version='1.0'?><stream:stream to='{DOMAIN}' xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+    )
+    .map_err(|e| fail("write", e))?;
+    read_until(&mut conn, &["</stream:features>"])?;
+    let start = Instant::now();
+    conn.write_all(" ".repeat(C2S_PADDING).as_bytes())
+        .map_err(|e| fail("write", e))?;
+    conn.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .map_err(|e| fail("write", e))?;
+    read_until(&mut conn, &["<proceed", "<failure"])?;
+    Ok(start.elapsed())
+}
+
 /// Starts Prosody itself on the machine's configuration and accounts (loopback, free ports,
 /// log on the console), reads what it says about the configuration, and signs in. Without
 /// Jitsi's plugins on this host only the `jitsi_installed = false` rendering can load
@@ -262,6 +312,7 @@ fn prosody_starts_with_the_config_and_lets_the_right_users_in() {
         reply
     });
     let logins = running.then(|| check_logins(&m, http));
+    let c2s_time = running.then(|| c2s_reading_time(c2s));
     if exited.is_none() {
         exited = child.try_wait().unwrap();
     }
@@ -289,6 +340,17 @@ fn prosody_starts_with_the_config_and_lets_the_right_users_in() {
     );
     match logins.unwrap() {
         Ok(seen) => eprintln!("logins: {}", seen.join("; ")),
+        Err(e) => panic!("{e}\n--- prosody ---\n{out}"),
+    }
+    match c2s_time.unwrap() {
+        Ok(took) => {
+            eprintln!("{C2S_PADDING} bytes on a client connection read in {took:?}");
+            assert!(
+                took >= C2S_PADDING_MIN_TIME,
+                "Prosody read {C2S_PADDING} bytes of a client connection in {took:?}: mod_limits \
+                 does not slow clients down (at 10 kB/s that takes about 5 s)\n{out}"
+            );
+        }
         Err(e) => panic!("{e}\n--- prosody ---\n{out}"),
     }
     for line in out.lines() {
@@ -328,6 +390,8 @@ fn prosody_config_keeps_its_promises() {
         "http_interfaces = { \"127.0.0.1\" }",
         "https_ports = { }",
         "consider_bosh_secure = true",
+        "\t\"limits\";",
+        "limits = {\n\tc2s = {\n\t\trate = \"10kb/s\";",
         "pidfile = \"/run/prosody/prosody.pid\"",
         "data_path = \"/var/lib/prosody\"",
     ] {
@@ -387,6 +451,12 @@ fn prosody_config_keeps_its_promises() {
                 .contains(&format!("target_address = \"focus@auth.{DOMAIN}\"")));
         }
         assert!(sections["*"].contains(&format!("external_service_secret = {turn_secret:?}")));
+        assert!(
+            sections["*"].contains(&format!(
+                "unlimited_jids = {{ \"focus@auth.{DOMAIN}\", \"jvb@auth.{DOMAIN}\" }}"
+            )),
+            "jicofo and the videobridge are not exempt from mod_limits"
+        );
         assert!(sections["*"].contains(&format!(
             "type = \"turns\", transport = \"tcp\", host = \"{DOMAIN}\", port = 5349, secret = true"
         )));

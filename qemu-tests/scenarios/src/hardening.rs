@@ -125,11 +125,14 @@ pub fn lynis_findings(ssh: &Ssh) -> Result<Vec<String>> {
     Ok(report.lines().map(str::to_string).collect())
 }
 
-/// Lynis' hardening index (0-100) of the running machine; its report goes to RAM. Under TCG
-/// this takes many minutes, so it is a measurement (`examples/audit.rs`), not part of the tests.
+/// Lynis' hardening index (0-100) of the running machine; its report and log go to RAM
+/// (/run). Under TCG this takes many minutes, so it is a measurement (`examples/audit.rs`), not
+/// part of the tests.
 pub fn lynis_index(ssh: &Ssh) -> Result<u32> {
-    let lynis = ssh.sudo("sh -c 'lynis audit system --quick --no-colors --no-log --report-file /run/lynis-report.dat \
-         >/dev/null 2>&1; grep ^hardening_index= /run/lynis-report.dat'",
+    let lynis = ssh.sudo(
+        "sh -c 'lynis audit system --quick --no-colors --logfile /run/lynis.log \
+         --report-file /run/lynis-report.dat >/dev/null 2>&1; \
+         grep ^hardening_index= /run/lynis-report.dat'",
     )
     .context("running Lynis")?;
     lynis
@@ -137,6 +140,32 @@ pub fn lynis_index(ssh: &Ssh) -> Result<u32> {
         .strip_prefix("hardening_index=")
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("Lynis ran but reported no hardening index: {lynis}"))
+}
+
+/// Lynis' log of the run of [`lynis_index`].
+pub fn lynis_log(ssh: &Ssh) -> Result<String> {
+    ssh.sudo("cat /run/lynis.log")
+}
+
+/// The Lynis tests that scored less than their maximum, as `TEST-ID got/max`, from its log
+/// (each "assigned partial number of hardening points (G of M)" line paired with the test
+/// performed before it): what the index lost, and where.
+pub fn lynis_points_lost(log: &str) -> Vec<String> {
+    let mut test = "?";
+    let mut lost = Vec::new();
+    for line in log.lines() {
+        if let Some((_, rest)) = line.split_once("Performing test ID ") {
+            test = rest.split_whitespace().next().unwrap_or("?");
+        } else if let Some((_, rest)) =
+            line.split_once("assigned partial number of hardening points (")
+        {
+            if let Some((got, rest)) = rest.split_once(" of ") {
+                let max = rest.split(')').next().unwrap_or("?");
+                lost.push(format!("{test} {got}/{max}"));
+            }
+        }
+    }
+    lost
 }
 
 /// After the smoke tests: the kernel logged no AppArmor denial.
@@ -219,6 +248,20 @@ udp   UNCONN 0 0 *:5353 *:*";
         assert_eq!(
             unexpected_listeners(ss),
             vec!["tcp 0.0.0.0:5280".to_string(), "udp *:5353".to_string()]
+        );
+    }
+
+    #[test]
+    fn lynis_log_names_the_tests_that_lost_points() {
+        let log = "\
+2026-11-30 10:00:00 Performing test ID DEB-0280 (Checking if libpam-tmpdir is installed and enabled.)
+2026-11-30 10:00:00 Hardening: assigned partial number of hardening points (0 of 2). Currently having 10 points (out of 14)
+2026-11-30 10:00:01 Performing test ID KRNL-6000 (Check sysctl key pairs in scan profile)
+2026-11-30 10:00:01 Hardening: assigned maximum number of hardening points for this item (1). Currently having 11 points (out of 15)
+2026-11-30 10:00:01 Hardening: assigned partial number of hardening points (0 of 1). Currently having 11 points (out of 16)";
+        assert_eq!(
+            lynis_points_lost(log),
+            vec!["DEB-0280 0/2", "KRNL-6000 0/1"]
         );
     }
 

@@ -15,3 +15,6 @@ unset HISTFILE
 readonly HISTFILE 2>/dev/null || true
 LESSHISTFILE=-
 export LESSHISTFILE
+
+# No core dumps from the shell either (the hard limit is 0 already: limits.d/60-appliance-no-core.conf).
+ulimit -c 0

@@ -18,6 +18,22 @@ modules_enabled = {
 	"smacks";   -- XEP-0198 stream management (BOSH/WebSocket reconnects)
 	"posix";    -- pidfile, umask
 	"admin_shell"; -- `prosodyctl shell` over a root-only socket: appliance-admin's idle check
+	"limits";   -- read rate per client connection (below)
+}
+
+-- Every client connection (TCP c2s, WebSocket; the first request of a BOSH
+-- session) is read at most this fast: 10 kB/s, the value Jitsi's own
+-- configuration uses. A web client sends far less; a flood or a quick
+-- succession of password guesses on one connection is slowed down. jicofo
+-- and the videobridge are exempt once signed in (unlimited_jids in the
+-- rendered file). Prosody never sees client addresses (nginx does not
+-- forward them), so limits per address are nginx's. Debian's Prosody 0.12
+-- has no module throttling failed logins (mod_limit_auth is a community
+-- module, not in the prosody package).
+limits = {
+	c2s = {
+		rate = "10kb/s";
+	};
 }
 
 -- Never federate: no server-to-server listener or connections at all.
