@@ -41,7 +41,10 @@ fn help_lists_every_command_and_the_jitsi_switch() {
     let o = appliance(&["--help"], &repo_root());
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
-    for cmd in ["build", "test", "run", "inspect", "write", "doctor"] {
+    for cmd in [
+        "build", "test", "run", "inspect", "write", "doctor", "key", "lock", "mirror", "verify",
+        "update",
+    ] {
         assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
     }
     assert!(text.contains("jitsi.enabled=false"), "{text}");
@@ -257,5 +260,135 @@ fn a_stopped_build_stops_its_programs_and_leaves_no_unfinished_files() {
     assert!(
         partial.is_empty(),
         "unfinished files left behind: {partial:?}"
+    );
+}
+
+/// A bundle of `version` signed with a new key in `dir`; returns the bundle and the key's .pub.
+fn signed_bundle(dir: &Path, key_name: &str, version: &str) -> (PathBuf, PathBuf) {
+    use appliance_spec::bundle::{BundleManifest, FORMAT, PAYLOAD};
+    let (private, public) = appliance::signing::generate(dir, key_name, "test").unwrap();
+    let key = appliance::signing::SigningKey::load(&private).unwrap();
+    let payload: Vec<(&str, PathBuf)> = PAYLOAD
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let p = dir.join(format!("payload-{i}"));
+            std::fs::write(&p, vec![i as u8 + 1; 3000 + i]).unwrap();
+            (*name, p)
+        })
+        .collect();
+    let manifest = BundleManifest {
+        format: FORMAT,
+        name: "meet".into(),
+        version: version.parse().unwrap(),
+        min_version: None,
+        arch: appliance_spec::Arch::X86_64,
+        board: appliance_spec::Board::Generic,
+        data_schema: 1,
+        root_hash: "ab".repeat(32),
+        kernel_version: "6.1.0".into(),
+        cmdline: vec![],
+        files: vec![],
+    };
+    let out = dir.join(format!("meet-{version}.update"));
+    appliance::bundle::write(&out, manifest, &payload, &key, 1_700_000_000).unwrap();
+    (out, public)
+}
+
+/// `update push` checks the bundle before anything is sent, streams it to the machine's /data
+/// and runs `update apply` there. `ssh` is a stand-in that records what it was asked to do and
+/// keeps what it received.
+#[test]
+fn update_push_checks_the_bundle_then_sends_and_applies_it() {
+    let _t = appliance_qemu_tests::timed!();
+    let d = tempfile::tempdir().unwrap();
+    let (bundle, public) = signed_bundle(d.path(), "ours", "1.2.0");
+    let (_, stranger) = signed_bundle(&d.path().join("other"), "theirs", "1.2.0");
+    let bin = d.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = d.path().join("ssh.log");
+    let received = d.path().join("received");
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {log}\ncase \"$*\" in *'cat >'*) cat > {received};; esac\nexit 0\n",
+        log = log.display(),
+        received = received.display()
+    );
+    let ssh = bin.join("ssh");
+    std::fs::write(&ssh, script).unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let push = |key: &Path, bundle: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_appliance"))
+            .args(["update", "push"])
+            .arg(bundle)
+            .args([
+                "--ssh",
+                "admin@meet.example.org",
+                "--port",
+                "2222",
+                "--reboot",
+            ])
+            .arg("--key")
+            .arg(key)
+            .current_dir(d.path())
+            .env("PATH", &path)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap()
+    };
+
+    // Signed by a key that is not the signer's: refused here, nothing sent.
+    let o = push(&stranger, &bundle);
+    assert_clean_error(&o);
+    assert!(
+        stderr(&o).contains("refused here already"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!log.exists(), "ssh ran for a refused bundle");
+
+    // A changed byte in the payload: refused here too.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    // inside the last payload member (its bytes are all 4)
+    let at = bytes
+        .windows(64)
+        .position(|w| w.iter().all(|&b| b == 4))
+        .unwrap();
+    bytes[at] ^= 1;
+    let altered = d.path().join("altered.update");
+    std::fs::write(&altered, &bytes).unwrap();
+    let o = push(&public, &altered);
+    assert_clean_error(&o);
+    assert!(!log.exists(), "ssh ran for an altered bundle");
+
+    // The real one: sent whole to /data, applied with --reboot, then removed.
+    let o = push(&public, &bundle);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(&received).unwrap(),
+        std::fs::read(&bundle).unwrap(),
+        "the machine did not receive the bundle as it is"
+    );
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    for c in &calls {
+        assert!(c.starts_with("-p 2222 -- admin@meet.example.org "), "{c}");
+    }
+    assert!(
+        calls[0].contains("cat > /data/appliance/update/meet-1.2.0.update.part"),
+        "{}",
+        calls[0]
+    );
+    assert!(
+        calls[1].contains(
+            "sudo appliance-admin update apply /data/appliance/update/meet-1.2.0.update --reboot"
+        ) && calls[1].contains("rm -f /data/appliance/update/meet-1.2.0.update"),
+        "{}",
+        calls[1]
     );
 }

@@ -8,6 +8,7 @@ mod lock;
 mod mirror;
 mod run;
 mod test;
+mod update;
 mod verify;
 mod write;
 
@@ -53,6 +54,7 @@ enum Command {
     Lock(lock::LockArgs),
     Mirror(mirror::MirrorArgs),
     Verify(verify::VerifyArgs),
+    Update(update::UpdateArgs),
 }
 
 /// Runs the command the user asked for.
@@ -68,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lock(args) => lock::run(args),
         Command::Mirror(args) => mirror::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Update(args) => update::run(args),
     }
 }
 
