@@ -255,6 +255,11 @@ pub fn plan(
         "--dpkgopt=path-exclude=/usr/share/man/*".into(),
         "--dpkgopt=path-exclude=/usr/share/locale/*".into(),
         "--dpkgopt=path-include=/usr/share/locale/locale.alias".into(),
+        // The root is born merged-/usr (symlinks, as debootstrap makes them) with
+        // usr-is-merged installed before the essential packages are configured. Otherwise apt
+        // satisfies init-system-helpers' "usrmerge | usr-is-merged" with usrmerge, which
+        // brings Perl along only to convert a root that needs no conversion.
+        "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr".into(),
     ];
     if config.debian.snapshot.is_some() {
         // The snapshot archive serves Release files whose Valid-Until has long passed.
