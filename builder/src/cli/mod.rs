@@ -15,6 +15,8 @@ mod write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
+use appliance_spec::signature::TrustedKeys;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
@@ -90,6 +92,27 @@ impl ConfigArgs {
     fn load(&self) -> anyhow::Result<Config> {
         Config::load(&self.config, &self.overrides)
     }
+}
+
+/// The public key a build was signed with: `key` when given, else the `.pub` beside the
+/// configuration's `[signing] key`.
+fn signer_public_key(key: Option<PathBuf>, config: &ConfigArgs) -> anyhow::Result<TrustedKeys> {
+    let path = match key {
+        Some(k) => k,
+        None => {
+            let config = config
+                .load()
+                .context("no --key given, so the configuration must name the signing key")?;
+            let private = crate::signing::configured(&config)?
+                .context("which key signed it? pass --key FILE.pub")?;
+            let mut p = private.path.into_os_string();
+            p.push(".pub");
+            PathBuf::from(p)
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the public key {}", path.display()))?;
+    TrustedKeys::parse(&text, &path.display().to_string())
 }
 
 /// The image named on the command line, or the one the configuration builds.

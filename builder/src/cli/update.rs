@@ -70,7 +70,7 @@ pub fn run(args: UpdateArgs) -> Result<ExitCode> {
 }
 
 fn push(args: PushArgs) -> Result<ExitCode> {
-    let keys = signer_key(args.key.as_deref(), &args.config)?;
+    let keys = super::signer_public_key(args.key.clone(), &args.config)?;
     let manifest = check_locally(&args.bundle, &keys)?;
     let file_name = format!("{}-{}.update", manifest.name, manifest.version);
     // The name goes into a command line on the machine: only what image names may hold.
@@ -158,26 +158,6 @@ fn ssh(args: &PushArgs) -> Command {
     }
     cmd.arg("--").arg(&args.ssh);
     cmd
-}
-
-/// The key the bundle must be signed with: --key, or the public half of [signing] key.
-fn signer_key(key: Option<&Path>, config: &ConfigArgs) -> Result<TrustedKeys> {
-    let path = match key {
-        Some(k) => k.to_path_buf(),
-        None => {
-            let config = config
-                .load()
-                .context("no --key given, so the configuration must name the signing key")?;
-            let private = crate::signing::configured(&config)?
-                .context("which key signed the bundle? pass --key FILE.pub")?;
-            let mut p = private.path.into_os_string();
-            p.push(".pub");
-            PathBuf::from(p)
-        }
-    };
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read the public key {}", path.display()))?;
-    TrustedKeys::parse(&text, &path.display().to_string())
 }
 
 /// Checks the signature and every member of the bundle, as the machine will, for whatever

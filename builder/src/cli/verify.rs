@@ -3,8 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use appliance_spec::signature::TrustedKeys;
 use clap::Args;
 
 use super::ConfigArgs;
@@ -27,23 +25,7 @@ pub struct VerifyArgs {
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let key_file = match args.key {
-        Some(k) => k,
-        None => {
-            let config = args
-                .config
-                .load()
-                .context("no --key given, so the configuration must name the signing key")?;
-            let private = crate::signing::configured(&config)?
-                .context("which key signed the outputs? pass --key FILE.pub")?;
-            let mut p = private.path.into_os_string();
-            p.push(".pub");
-            PathBuf::from(p)
-        }
-    };
-    let text = std::fs::read_to_string(&key_file)
-        .with_context(|| format!("cannot read the public key {}", key_file.display()))?;
-    let keys = TrustedKeys::parse(&text, &key_file.display().to_string())?;
+    let keys = super::signer_public_key(args.key, &args.config)?;
     for c in crate::verify::verify_outputs(&args.dir, &keys)? {
         println!("ok  {:<18} {}", c.what, c.detail);
     }
