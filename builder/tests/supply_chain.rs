@@ -90,13 +90,41 @@ fn signed() -> &'static Signed {
         let key = dir.join("keys/appliance-signing");
         let sets = overrides(&dir);
         run_ok(with_sets(&["lock"], &sets), &[]);
-        let out = dir.join("out");
+        // An earlier build of another version (a different system layer, the same packages)
+        // leaves the package layer in the cache, so the signed build below is layered: it
+        // takes the packages from the cache and makes only the system layer anew. The offline
+        // build in another directory starts from nothing, so their equality shows that caching
+        // changes no output byte.
+        let mut earlier = sets.clone();
+        earlier.push("image.version=\"0.0.1\"".into());
+        earlier.push("image.formats=[\"raw\"]".into());
         run_ok(
+            with_sets(
+                &[
+                    "build",
+                    "--locked",
+                    "--profile",
+                    "dev",
+                    "--out",
+                    &dir.join("earlier").display().to_string(),
+                ],
+                &earlier,
+            ),
+            &[],
+        );
+        let out = dir.join("out");
+        let built = run_ok(
             with_sets(
                 &["build", "--locked", "--out", &out.display().to_string()],
                 &sets,
             ),
             &[("APPLIANCE_SIGNING_KEY", &key)],
+        );
+        let log = String::from_utf8_lossy(&built.stderr);
+        assert!(
+            log.lines()
+                .any(|l| l.contains("packages") && l.contains("from cache")),
+            "the signed build did not take its package layer from the cache"
         );
         Signed {
             public_key: dir.join("keys/appliance-signing.pub"),
@@ -512,6 +540,6 @@ fn a_locked_build_from_a_mirror_without_network_in_another_directory_is_identica
     let b = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
     assert_eq!(
         a, b,
-        "two builds of the same lock differ (see the SHA256SUMS above)"
+        "two builds of the same lock differ, one layered on the cache, one from nothing (see the SHA256SUMS above)"
     );
 }
