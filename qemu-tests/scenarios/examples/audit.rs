@@ -12,14 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use appliance_qemu_tests::scenarios::overlay;
-use appliance_qemu_tests::Arch;
-use appliance_scenarios::disk::copy_with_seed;
-use appliance_scenarios::hardening;
-use appliance_scenarios::meeting;
-use appliance_scenarios::session::{machine_config, Ports, Session, Setup};
-use appliance_scenarios::ssh::{KeyPair, Ssh};
+use anyhow::Result;
+use appliance_scenarios::session::{Session, Setup};
+use appliance_scenarios::{hardening, seeded};
 
 /// The index the image reached (docs/benchmarks.md); below it, something was lost.
 const MIN_LYNIS_INDEX: u32 = 85;
@@ -36,40 +31,13 @@ fn run() -> Result<()> {
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("build/test-out/jitsi-appliance.raw"));
-    let manifest_path = image.with_extension("manifest.json");
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&manifest_path)
-            .with_context(|| format!("cannot read {}", manifest_path.display()))?,
-    )?;
-    let esp = manifest["partitions"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["label"] == "esp"))
-        .and_then(|p| p["first_lba"].as_u64())
-        .context("the manifest lists no esp partition")?
-        * 512;
     let work = Path::new("build/audit");
-    let _ = std::fs::remove_dir_all(work);
-    std::fs::create_dir_all(work)?;
-    let key = KeyPair::generate("audit")?;
-    let seed = format!(
-        "domain = \"{}\"\nssh_authorized_keys = [{:?}]\n[[hosts]]\nname = \"{}\"\npassword = \"{}\"\n",
-        meeting::DOMAIN,
-        key.public_line()?,
-        meeting::HOST,
-        meeting::HOST_PASSWORD
-    );
-    let seeded = work.join("seeded.raw");
-    copy_with_seed(&image, esp, &seed, &seeded)?;
-    let disk = work.join("disk.qcow2");
-    overlay(&seeded, &disk, 6 << 30)?;
-    let ports = Ports::free()?;
-    let cfg = machine_config(Arch::X86_64, &disk, work.join("boot"), ports);
-    let ssh = Ssh::new(ports.ssh, "admin", key.private.clone());
+    let m = seeded::prepare(&image, work)?;
     let session = Session::boot(
         "the audited machine",
-        &cfg,
-        ports,
-        ssh,
+        &m.config,
+        m.ports,
+        m.ssh,
         Setup::Done,
         Duration::from_secs(600),
     )?;

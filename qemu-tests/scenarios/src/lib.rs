@@ -8,6 +8,7 @@
 //! - [`checks`]: HTTPS, XMPP, SSH and the generated configurations, checked on a set-up machine;
 //! - [`hardening`]: AppArmor, listening sockets, the firewall, systemd's exposure scores;
 //! - [`disk`]: a seed file on the ESP, and the data partition read back after power-off;
+//! - [`seeded`]: a copy of a built image with a complete seed, for the measurement examples;
 //! - the clients and servers they use: [`ssh`], [`http`], [`xmpp`] (BOSH), [`pebble`] (Let's
 //!   Encrypt's test server), [`dns`].
 //!
@@ -21,6 +22,7 @@ pub mod hardening;
 pub mod http;
 pub mod meeting;
 pub mod pebble;
+pub mod seeded;
 pub mod session;
 pub mod ssh;
 pub mod xmpp;

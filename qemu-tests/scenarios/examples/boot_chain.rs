@@ -1,0 +1,74 @@
+//! Where a boot spends its time: boots a copy of a built image set up from a seed file, powers
+//! it off, boots it again, and prints the time to the readiness line of both boots with
+//! `systemd-analyze time`, the critical chain to the readiness report and the slowest units of
+//! the second boot. A measurement for docs/benchmarks.md, not a test.
+//!
+//!     cargo run --release -p appliance-scenarios --example boot_chain -- [IMAGE]
+//!
+//! IMAGE defaults to build/test-out/jitsi-appliance.raw (made by the boot tests); its
+//! manifest.json must be beside it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use appliance_scenarios::seeded;
+use appliance_scenarios::session::{Session, Setup};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("boot_chain: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let image = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("build/test-out/jitsi-appliance.raw"));
+    let m = seeded::prepare(&image, Path::new("build/boot-chain"))?;
+    let timeout = Duration::from_secs(600);
+    let first = Session::boot(
+        "first boot",
+        &m.config,
+        m.ports,
+        m.ssh.clone(),
+        Setup::Done,
+        timeout,
+    )?;
+    println!(
+        "first boot (setup from the seed): readiness line after {:.1} s",
+        first.seconds_to_ready
+    );
+    first.wait_for_ssh()?;
+    first.power_off_cleanly()?;
+    let second = Session::boot(
+        "second boot",
+        &m.config,
+        m.ports,
+        m.ssh.clone(),
+        Setup::Done,
+        timeout,
+    )?;
+    println!(
+        "second boot: readiness line after {:.1} s",
+        second.seconds_to_ready
+    );
+    second.wait_for_ssh()?;
+    for (what, command) in [
+        ("systemd-analyze time", "systemd-analyze time"),
+        (
+            "critical chain to the readiness report",
+            "systemd-analyze critical-chain --no-pager appliance-boot-report.service",
+        ),
+        (
+            "slowest units",
+            "systemd-analyze blame --no-pager | head -n 15",
+        ),
+    ] {
+        let text = second.step(what, |s| s.ssh.run_ok(command))?;
+        println!("\n== {what}\n{}", text.trim_end());
+    }
+    second.power_off_cleanly()
+}
