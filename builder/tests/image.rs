@@ -182,6 +182,7 @@ fn outputs_are_complete_and_consistent() {
     assert!(!pkgs
         .iter()
         .any(|p| p["name"].as_str().unwrap().starts_with("jitsi-") || p["name"] == "jicofo"));
+    packages_page_lists_exactly(pkgs);
     assert_eq!(b.manifest["jitsi"], false);
 
     // The partition table, read by util-linux, has the Discoverable Partitions types.
@@ -469,5 +470,46 @@ fn tampered_root_is_refused() {
         before,
         std::fs::metadata(&b.image).unwrap().modified().unwrap(),
         "the image itself must not change"
+    );
+}
+
+/// docs/packages.md names every package of the image and why it is there: its tables (first
+/// column) and its list of Debian's base system must hold exactly the manifest's packages,
+/// apart from this test's own local package. The kernel's versioned package is written
+/// `linux-image-<version>-...`, so a new Debian kernel does not need a new page.
+fn packages_page_lists_exactly(pkgs: &[serde_json::Value]) {
+    let page = std::fs::read_to_string(test_image::repo_root().join("docs/packages.md"))
+        .expect("docs/packages.md");
+    let mut documented = std::collections::BTreeSet::new();
+    for line in page.lines() {
+        let names: Vec<&str> = line.split('`').skip(1).step_by(2).collect();
+        if line.starts_with("| `") {
+            documented.insert(names[0].to_string());
+        } else if line.starts_with("Essential packages") {
+            documented.extend(names.iter().map(|n| n.to_string()));
+        }
+    }
+    let versioned_kernel = |n: &str| {
+        n.strip_prefix("linux-image-")
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+    };
+    let installed: std::collections::BTreeSet<String> = pkgs
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|n| *n != test_image::LOCAL_PACKAGE)
+        .map(|n| {
+            if versioned_kernel(n) {
+                "linux-image-<version>-cloud-amd64".to_string()
+            } else {
+                n.to_string()
+            }
+        })
+        .collect();
+    let missing: Vec<_> = installed.difference(&documented).collect();
+    let gone: Vec<_> = documented.difference(&installed).collect();
+    assert!(
+        missing.is_empty() && gone.is_empty(),
+        "docs/packages.md no longer matches the image: installed but not explained {missing:?}; \
+         explained but not installed {gone:?}"
     );
 }
