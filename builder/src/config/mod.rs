@@ -453,7 +453,22 @@ impl Config {
             })
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        Self::from_str_with(&text, &path.display().to_string(), base_dir, overrides)
+        let origin = path.display().to_string();
+        let mut config = Self::from_str_with(&text, &origin, base_dir, overrides)?;
+        // The reproducible-builds convention: SOURCE_DATE_EPOCH from the environment, unless
+        // the configuration itself names the time.
+        if let Ok(value) = std::env::var("SOURCE_DATE_EPOCH") {
+            if !sets_source_date_epoch(&text, overrides) {
+                config.image.source_date_epoch = value.trim().parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "the environment's SOURCE_DATE_EPOCH={value:?} is not a number of seconds \
+                         since 1970: set it to e.g. $(git log -1 --format=%ct), or unset it"
+                    )
+                })?;
+                config.hash = config.hash_without_secrets()?;
+            }
+        }
+        Ok(config)
     }
 
     /// Parses configuration text; `origin` names it in error messages.
@@ -646,6 +661,23 @@ fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
     }
     cur.insert(last.to_string(), value);
     Ok(())
+}
+
+/// Whether the configuration text or an override sets `[image] source_date_epoch`.
+fn sets_source_date_epoch(text: &str, overrides: &[String]) -> bool {
+    let in_file = toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| {
+            t.get("image")
+                .and_then(|i| i.get("source_date_epoch"))
+                .cloned()
+        })
+        .is_some();
+    in_file
+        || overrides.iter().any(|o| {
+            o.split_once('=')
+                .is_some_and(|(k, _)| k.trim() == "image.source_date_epoch")
+        })
 }
 
 #[cfg(test)]

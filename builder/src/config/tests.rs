@@ -173,3 +173,20 @@ fn default_appliance_toml_parses() {
         .iter()
         .all(|r| r.name != "jitsi"));
 }
+
+#[test]
+fn source_date_epoch_in_the_file_or_an_override_wins_over_the_environment() {
+    assert!(!sets_source_date_epoch(MINIMAL, &[]));
+    assert!(sets_source_date_epoch(
+        "[image]\nname = \"demo\"\nsource_date_epoch = 1\n",
+        &[]
+    ));
+    assert!(sets_source_date_epoch(
+        MINIMAL,
+        &["image.source_date_epoch=5".to_string()]
+    ));
+    assert!(!sets_source_date_epoch(
+        MINIMAL,
+        &["image.name=\"other\"".to_string()]
+    ));
+}
