@@ -199,7 +199,7 @@ fn signed_outputs_verify_and_every_change_is_caught() {
                 flip_byte(&d.join("jitsi-appliance.raw"), offset);
                 resum(d, "jitsi-appliance.raw");
             }),
-            "signature does not verify",
+            "SHA256SUMS.sig does not verify",
         ),
         (
             "the signature",
@@ -365,7 +365,7 @@ fn the_sbom_passes_independent_validators_and_describes_the_image() {
     let packages = doc["packages"].as_array().unwrap();
     let lock: toml::Table =
         toml::from_str(&std::fs::read_to_string(s.dir.join("appliance.lock")).unwrap()).unwrap();
-    let locked = lock["package"].as_array().unwrap();
+    let locked = lock["packages"].as_array().unwrap();
     let debs: Vec<&serde_json::Value> = packages
         .iter()
         .filter(|p| p["SPDXID"].as_str().unwrap().starts_with("SPDXRef-deb-"))
@@ -430,7 +430,7 @@ fn a_lock_that_no_longer_matches_stops_the_build_and_names_the_packages() {
     let text = std::fs::read_to_string(s.dir.join("appliance.lock")).unwrap();
     // One package at a version the archive never had, one whose .deb is not what was locked.
     let mut lock: toml::Table = toml::from_str(&text).unwrap();
-    let packages = lock["package"].as_array_mut().unwrap();
+    let packages = lock["packages"].as_array_mut().unwrap();
     let name_of = |p: &toml::Value| p["name"].as_str().unwrap().to_string();
     let first = name_of(&packages[0]);
     packages[0]["version"] = toml::Value::String("999:0-appliance-test".into());
@@ -480,7 +480,7 @@ fn a_lock_that_no_longer_matches_stops_the_build_and_names_the_packages() {
 /// Writes the original lock with only `name` set to an impossible version.
 fn packages_fix(dir: &Path, original: &str, name: &str) {
     let mut lock: toml::Table = toml::from_str(original).unwrap();
-    for p in lock["package"].as_array_mut().unwrap() {
+    for p in lock["packages"].as_array_mut().unwrap() {
         if p["name"].as_str() == Some(name) {
             p["version"] = toml::Value::String("999:0-appliance-test".into());
         }
