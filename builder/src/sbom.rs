@@ -310,12 +310,14 @@ fn debian_license(text: &str) -> Option<String> {
                 parts.map(|p| p.join(" AND "))
             })
             .collect::<Option<Vec<_>>>()?;
-        let term = if choices.len() > 1 {
-            format!("({})", choices.join(" OR "))
+        if choices.len() > 1 {
+            terms.insert(format!("({})", choices.join(" OR ")));
         } else {
-            choices.into_iter().next()?
-        };
-        terms.insert(term);
+            // "A and B" adds A and B, so that a license named twice is listed once.
+            for part in choices.into_iter().next()?.split(" AND ") {
+                terms.insert(part.to_string());
+            }
+        }
     }
     if terms.is_empty() {
         return None;
