@@ -531,6 +531,24 @@ impl Config {
     fn hash_without_secrets(&self) -> Result<String> {
         let mut public = self.clone();
         strip_secrets(&mut public.firstboot);
+        // Where things are on the build machine is not what the image is: two builds of the
+        // same configuration in other directories must get the same identifiers. What those
+        // files hold reaches the image through the layers' keys (packages, lock, keys).
+        public.packages.cache_dir = PathBuf::new();
+        public.packages.lock_file = PathBuf::new();
+        public.packages.local_debs = None;
+        public.features.dir = PathBuf::new();
+        public.jitsi.debs = None;
+        public.signing.key = None;
+        public.updates.trusted_keys.clear();
+        public.updates.ca_certificate = None;
+        for r in public
+            .repositories
+            .iter_mut()
+            .chain(public.jitsi.repository.as_mut())
+        {
+            r.key = None;
+        }
         let canonical = toml::to_string(&public).context("serialising the configuration")?;
         Ok(hex::encode(Sha256::digest(canonical.as_bytes())))
     }

@@ -190,3 +190,22 @@ fn source_date_epoch_in_the_file_or_an_override_wins_over_the_environment() {
         &["image.name=\"other\"".to_string()]
     ));
 }
+
+#[test]
+fn where_the_build_keeps_its_files_does_not_change_the_hash() {
+    let a = parse(MINIMAL, &[]).unwrap();
+    let b = parse(
+        MINIMAL,
+        &[
+            "packages.cache_dir=\"/elsewhere/cache\"",
+            "packages.lock_file=\"/elsewhere/appliance.lock\"",
+            "features.dir=\"/elsewhere/overlays\"",
+            "signing.key=\"/elsewhere/keys/appliance-signing\"",
+            "updates.trusted_keys=[\"/elsewhere/keys/appliance-signing.pub\"]",
+        ],
+    )
+    .unwrap();
+    assert_eq!(a.hash, b.hash);
+    let c = parse(MINIMAL, &["image.version=\"2.0\""]).unwrap();
+    assert_ne!(a.hash, c.hash, "what the image is still changes it");
+}
