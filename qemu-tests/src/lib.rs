@@ -24,7 +24,7 @@ use anyhow::{anyhow, Result};
 pub use accel::{Accel, AccelChoice, HostProbe};
 pub use appliance_spec::ready::{BootReport, Expect, READY_MARKER};
 pub use console::ConsoleMatch;
-pub use machine::{free_port, Arch, Firmware, Machine, MachineConfig};
+pub use machine::{free_port, Arch, ExtraDisk, Firmware, Machine, MachineConfig};
 
 /// Console lines that mean the boot has gone wrong. Seeing one does not stop the wait (a
 /// `Failed to start` can be harmless), but they are reported if the marker never comes.

@@ -83,12 +83,23 @@ pub struct MachineConfig {
     pub cpus: u32,
     /// (host port on 127.0.0.1, guest port), TCP.
     pub port_forwards: Vec<(u16, u16)>,
+    /// More disks, attached after [`MachineConfig::disk`] in this order (vdb, vdc, ...).
+    pub extra_disks: Vec<ExtraDisk>,
     /// Holds the sockets, the UEFI variable store, console.log and qemu-stderr.log.
     pub workdir: PathBuf,
     /// BIOS only: tell SeaBIOS to mirror its screen output (and anything else the boot
     /// loader prints through the BIOS video services, e.g. GRUB's menu) to the serial port.
     /// Without it SeaBIOS prints nothing on serial, since `-display none` has no screen.
     pub bios_serial_mirror: bool,
+}
+
+/// A disk attached besides the boot disk, e.g. a second disk carrying the same image. Guest
+/// writes reach the file (no snapshot), so a test can tell whether the guest touched it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraDisk {
+    pub path: PathBuf,
+    /// "raw" or "qcow2".
+    pub format: String,
 }
 
 impl MachineConfig {
@@ -108,6 +119,7 @@ impl MachineConfig {
             memory_mib: 1024,
             cpus: 2,
             port_forwards: Vec::new(),
+            extra_disks: Vec::new(),
             workdir: workdir.into(),
             bios_serial_mirror: true,
         }
@@ -268,24 +280,24 @@ pub fn qemu_args(
         }
     }
 
-    if cfg.disk_format != "raw" && cfg.disk_format != "qcow2" {
-        bail!(
-            "disk format {:?} is not supported (use raw or qcow2)",
-            cfg.disk_format
-        );
+    let drives = std::iter::once((&cfg.disk, &cfg.disk_format, cfg.snapshot))
+        .chain(cfg.extra_disks.iter().map(|d| (&d.path, &d.format, false)));
+    for (disk, format, snapshot) in drives {
+        if format != "raw" && format != "qcow2" {
+            bail!("disk format {format:?} is not supported (use raw or qcow2)");
+        }
+        if !disk.is_file() {
+            bail!("disk image {} does not exist", disk.display());
+        }
+        push(&[
+            "-drive",
+            &format!(
+                "file={},format={format},if=virtio,snapshot={}",
+                disk.display(),
+                if snapshot { "on" } else { "off" }
+            ),
+        ]);
     }
-    if !cfg.disk.is_file() {
-        bail!("disk image {} does not exist", cfg.disk.display());
-    }
-    push(&[
-        "-drive",
-        &format!(
-            "file={},format={},if=virtio,snapshot={}",
-            cfg.disk.display(),
-            cfg.disk_format,
-            if cfg.snapshot { "on" } else { "off" }
-        ),
-    ]);
 
     let mut netdev = "user,id=n0".to_string();
     for (host, guest) in &cfg.port_forwards {
@@ -725,6 +737,50 @@ mod tests {
             fs::read(dir.path().join("sercon-port")).unwrap(),
             [0xf8, 0x03]
         );
+    }
+
+    #[test]
+    fn extra_disks_follow_the_boot_disk_and_keep_their_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("d.qcow2");
+        let second = dir.path().join("second.raw");
+        File::create(&disk).unwrap();
+        File::create(&second).unwrap();
+        let mut cfg = MachineConfig::new(Arch::X86_64, Firmware::Bios, &disk, dir.path());
+        cfg.disk_format = "qcow2".into();
+        cfg.extra_disks = vec![ExtraDisk {
+            path: second.clone(),
+            format: "raw".into(),
+        }];
+        let args = qemu_args(&cfg, &tcg(Arch::X86_64), Path::new("q"), Path::new("s")).unwrap();
+        let drives: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "-drive")
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(
+            drives,
+            [
+                format!("file={},format=qcow2,if=virtio,snapshot=on", disk.display()),
+                format!(
+                    "file={},format=raw,if=virtio,snapshot=off",
+                    second.display()
+                ),
+            ]
+        );
+        cfg.extra_disks[0].path = dir.path().join("missing.raw");
+        let e = qemu_args(&cfg, &tcg(Arch::X86_64), Path::new("q"), Path::new("s"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.raw does not exist"), "{e}");
+        cfg.extra_disks[0] = ExtraDisk {
+            path: second,
+            format: "vdi".into(),
+        };
+        let e = qemu_args(&cfg, &tcg(Arch::X86_64), Path::new("q"), Path::new("s"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"vdi\""), "{e}");
     }
 
     #[test]

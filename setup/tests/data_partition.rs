@@ -257,11 +257,19 @@ fn data_is_mounted_through_the_root_disks_own_link() {
     assert_eq!(data.len(), 1, "{fstab}");
     assert!(data[0].starts_with("/dev/disk/appliance/data "), "{fstab}");
     let rule = render("usr/lib/udev/rules.d/70-appliance-data.rules.j2");
-    assert!(rule.contains("ENV{ID_PART_ENTRY_NAME}!=\"data\", GOTO=\"appliance_data_end\""));
     assert!(rule.contains(
-        "PROGRAM==\"/usr/lib/appliance/root-disk %k\", SYMLINK+=\"disk/appliance/data\""
-    ));
+        "ENV{ID_PART_ENTRY_NAME}==\"data\", PROGRAM==\"/usr/lib/appliance/root-disk %k\", SYMLINK+=\"disk/appliance/data\""
+    ), "{rule}");
     let unit = render("etc/systemd/system/appliance-prepare-data.service.j2");
+    // The seed file is read from the root disk's ESP only, through a link made the same way.
+    assert!(rule.contains(&format!(
+        "ENV{{ID_PART_ENTRY_NAME}}==\"{}\", PROGRAM==\"/usr/lib/appliance/root-disk %k\", SYMLINK+=\"disk/appliance/esp\"",
+        appliance_spec::layout::LABEL_ESP
+    )), "{rule}");
+    assert_eq!(
+        appliance_admin::paths::MACHINE_ESP_DEVICE,
+        "/dev/disk/appliance/esp"
+    );
     assert!(unit.contains("After=dev-disk-appliance-data.device"));
     assert!(unit.contains("Before=systemd-fsck@dev-disk-appliance-data.service"));
 }

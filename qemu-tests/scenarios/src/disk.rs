@@ -109,3 +109,89 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) -> Result<()> {
     }
     Ok(())
 }
+
+/// Calls `f` with `len` bytes of `file` from `offset` on, in pieces, each piece starting with
+/// the last `overlap` bytes of the one before (so a string across two pieces is seen whole).
+fn read_region(
+    file: &Path,
+    offset: u64,
+    len: u64,
+    overlap: usize,
+    f: &mut dyn FnMut(&[u8]),
+) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PIECE: usize = 4 << 20;
+    let mut src =
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    src.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; overlap + PIECE];
+    let mut kept = 0usize;
+    let mut left = len;
+    while left > 0 {
+        let want = PIECE.min(usize::try_from(left).unwrap_or(PIECE));
+        src.read_exact(&mut buf[kept..kept + want])
+            .with_context(|| {
+                format!(
+                    "{} ends before byte {} (reading {len} bytes from {offset})",
+                    file.display(),
+                    offset + len
+                )
+            })?;
+        f(&buf[..kept + want]);
+        left -= want as u64;
+        let end = kept + want;
+        let keep = overlap.min(end);
+        buf.copy_within(end - keep..end, 0);
+        kept = keep;
+    }
+    Ok(())
+}
+
+/// Whether `needle` occurs in the `len` bytes of `file` from `offset` on (a partition of a
+/// powered-off raw disk, read from this machine).
+pub fn region_contains(file: &Path, offset: u64, len: u64, needle: &[u8]) -> Result<bool> {
+    let mut found = false;
+    read_region(
+        file,
+        offset,
+        len,
+        needle.len().saturating_sub(1),
+        &mut |piece| {
+            found = found || piece.windows(needle.len()).any(|w| w == needle);
+        },
+    )?;
+    Ok(found)
+}
+
+/// SHA-256 of the `len` bytes of `file` from `offset` on.
+pub fn region_digest(file: &Path, offset: u64, len: u64) -> Result<[u8; 32]> {
+    let mut hasher = openssl::sha::Sha256::new();
+    read_region(file, offset, len, 0, &mut |piece| hasher.update(piece))?;
+    Ok(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_string_across_two_pieces_is_found_and_digests_cover_the_region() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("disk.raw");
+        let mut bytes = vec![0u8; 9 << 20];
+        let at = (4 << 20) - 3 + 100; // across the first piece boundary of the region at 100
+        bytes[at..at + 6].copy_from_slice(b"secret");
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(region_contains(&file, 100, 8 << 20, b"secret").unwrap());
+        assert!(!region_contains(&file, 100, 1 << 20, b"secret").unwrap());
+        assert!(!region_contains(&file, 100, 8 << 20, b"secrets").unwrap());
+        let before = region_digest(&file, 100, 8 << 20).unwrap();
+        bytes[(8 << 20) + 99] = 1; // the region's last byte
+        std::fs::write(&file, &bytes).unwrap();
+        assert_ne!(region_digest(&file, 100, 8 << 20).unwrap(), before);
+        assert!(
+            region_contains(&file, 100, 9 << 20, b"x").is_err(),
+            "past the end"
+        );
+    }
+}

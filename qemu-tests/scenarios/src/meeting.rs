@@ -236,7 +236,7 @@ fn renewal_timer_armed(ssh: &Ssh) -> Result<()> {
 /// The seed file holds a password: setup must delete it from the ESP.
 fn seed_file_removed(ssh: &Ssh) -> Result<()> {
     let esp = ssh.sudo(
-        "sh -c 'mkdir -p /run/esp-check && mount -o ro /dev/disk/by-partlabel/esp /run/esp-check \
+        "sh -c 'mkdir -p /run/esp-check && mount -o ro /dev/disk/appliance/esp /run/esp-check \
          && ls /run/esp-check; umount /run/esp-check'",
     )?;
     if esp.contains(SEED_FILE) {

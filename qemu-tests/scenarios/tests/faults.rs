@@ -1,0 +1,442 @@
+//! Faults a set-up machine must come through safely, on the test image (see
+//! `appliance_qemu_tests::test_image`): a TLS key that no longer matches its certificate, an
+//! idle power-off policy when nobody can tell whether a meeting is in progress, a second disk
+//! carrying the same image, and seed files whose passwords must not outlive setup. Boots run
+//! one at a time.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use appliance_qemu_tests::scenarios::overlay;
+use appliance_qemu_tests::test_image::{self, BOOT_TIMEOUT};
+use appliance_qemu_tests::{Arch, ExtraDisk};
+use appliance_scenarios::checks::check_https;
+use appliance_scenarios::disk::{copy_with_seed, region_contains, region_digest};
+use appliance_scenarios::http::Trust;
+use appliance_scenarios::meeting::{DOMAIN, HOST};
+use appliance_scenarios::session::{machine_config, Ports, Session, Setup};
+use appliance_scenarios::ssh::{KeyPair, Ssh};
+use common::{workdir, Built};
+
+/// How long a boot may take to its readiness line: a first boot from a seed file runs all of
+/// setup, which under TCG on a 2-core machine shared with other boots has taken over
+/// [`BOOT_TIMEOUT`].
+const BOOT_WAIT: Duration = Duration::from_secs(BOOT_TIMEOUT.as_secs() + 180);
+
+/// Size the qcow2 disks are grown to, as when the image is written to a bigger disk.
+const DISK_BYTES: u64 = 6 << 30;
+
+/// How long a machine with an unknown number of people may take to run the idle check
+/// [`IDLE_CHECKS`] times (every minute, after the policy was set).
+const IDLE_WAIT: Duration = Duration::from_secs(330);
+/// Idle checks that must have said "staying on": with a one-minute policy, a machine that took
+/// an unknown count for "nobody" would have powered off at the second.
+const IDLE_CHECKS: usize = 3;
+
+fn seed(key: &KeyPair, password: &str) -> Result<String> {
+    Ok(format!(
+        "domain = \"{DOMAIN}\"\nssh_authorized_keys = [{:?}]\n\n[[hosts]]\nname = \"{HOST}\"\npassword = \"{password}\"\n",
+        key.public_line()?
+    ))
+}
+
+fn say(line: String) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+#[test]
+fn a_mismatched_tls_pair_is_replaced_and_an_unknown_meeting_count_keeps_the_machine_on() {
+    let _t = appliance_qemu_tests::timed!();
+    let b = common::test_image();
+    let _one = test_image::one_boot_at_a_time();
+    tls_and_power(b).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// The key and certificate in use on the machine: which pair, the certificate, and whether
+/// the certificate's public key is the key's.
+#[derive(Debug, PartialEq, Eq)]
+struct TlsInUse {
+    pair: String,
+    cert: String,
+    matches: bool,
+}
+
+fn tls_in_use(ssh: &Ssh) -> Result<TlsInUse> {
+    let pair = ssh
+        .sudo("readlink /data/config/tls/current")?
+        .trim()
+        .to_string();
+    let cert = ssh.sudo("cat /data/config/tls/cert.pem")?;
+    let from_cert = ssh.sudo("openssl x509 -noout -pubkey -in /data/config/tls/cert.pem")?;
+    let from_key = ssh.sudo("openssl pkey -pubout -in /data/config/tls/key.pem")?;
+    Ok(TlsInUse {
+        pair,
+        cert,
+        matches: from_cert.contains("PUBLIC KEY") && from_cert == from_key,
+    })
+}
+
+fn tls_and_power(b: &Built) -> Result<()> {
+    let started = Instant::now();
+    let dir = workdir("faults-tls-power");
+    let key = KeyPair::generate("faults")?;
+    let seeded = dir.join("seeded.raw");
+    copy_with_seed(
+        &b.image,
+        b.offset("esp"),
+        &seed(&key, "Seeded-Walrus-Harbour-42")?,
+        &seeded,
+    )?;
+    let disk = dir.join("machine.qcow2");
+    overlay(&seeded, &disk, DISK_BYTES)?;
+    let ports = Ports::free()?;
+    let boot = |sub: &str, name: &str| {
+        let cfg = machine_config(Arch::X86_64, &disk, dir.join(sub), ports);
+        let ssh = Ssh::new(ports.ssh, "admin", key.private.clone());
+        Session::boot(name, &cfg, ports, ssh, Setup::Done, BOOT_WAIT)
+    };
+
+    let first = boot("boot1", "first boot, set up from a seed file")?;
+    say(format!(
+        "first boot: ready after {:.1} s",
+        first.seconds_to_ready
+    ));
+    first.wait_for_ssh()?;
+
+    // Nobody can count the people in meetings while Prosody is stopped.
+    first.step("Prosody stopped, then an idle policy of one minute", |m| {
+        m.ssh.sudo("systemctl stop prosody.service")?;
+        m.ssh
+            .sudo("appliance-admin settings power-off --idle-minutes 1")
+    })?;
+    let policy_set = Instant::now();
+    let checks = first.step("stays on while the number of people is unknown", |m| {
+        let running = || m.machine().wait_for_exit(Duration::ZERO).is_err();
+        loop {
+            std::thread::sleep(Duration::from_secs(15));
+            if !running() {
+                bail!(
+                    "the machine powered off {:.0} s after the idle policy was set, with Prosody stopped",
+                    policy_set.elapsed().as_secs_f64()
+                );
+            }
+            let journal = m
+                .ssh
+                .sudo("journalctl -b --no-pager -o cat -u appliance-idle.service")?;
+            if journal.contains("powering off") {
+                bail!("the idle check decided to power off:\n{journal}");
+            }
+            let stayed: Vec<&str> = journal
+                .lines()
+                .filter(|l| {
+                    l.contains("cannot tell whether a meeting is in progress")
+                        && l.contains("staying on")
+                })
+                .collect();
+            if stayed.len() >= IDLE_CHECKS {
+                return Ok(stayed.iter().map(|l| l.to_string()).collect::<Vec<_>>());
+            }
+            if policy_set.elapsed() > IDLE_WAIT {
+                bail!(
+                    "after {} s the idle check said \"staying on\" {} time(s), not {IDLE_CHECKS}; its journal:\n{journal}",
+                    IDLE_WAIT.as_secs(),
+                    stayed.len()
+                );
+            }
+        }
+    })?;
+    say(format!(
+        "ok: idle policy 1 min, Prosody stopped: still on after {:.0} s and {} idle checks; the journal says: {}",
+        policy_set.elapsed().as_secs_f64(),
+        checks.len(),
+        checks[0]
+    ));
+    first.step("the idle policy back to never for the next boot", |m| {
+        m.ssh.sudo("appliance-admin settings power-off --never")
+    })?;
+
+    let before = first.step("the TLS pair in use", |m| tls_in_use(&m.ssh))?;
+    if !before.matches {
+        bail!("right after setup the TLS key and certificate do not belong together: {before:?}");
+    }
+    first.step("HTTPS with the machine's own certificate", |m| {
+        check_https(m.ports, DOMAIN, &Trust::Pem(before.cert.clone())).map(drop)
+    })?;
+    first.step(
+        "a new key that does not belong to the certificate put in the pair in use",
+        |m| {
+            m.ssh.sudo(
+                "sh -c 'set -e; cd /data/config/tls/$(readlink /data/config/tls/current); \
+                 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.new; \
+                 chown --reference=key.pem key.new; chmod --reference=key.pem key.new; \
+                 mv key.new key.pem; sync'",
+            )?;
+            let broken = tls_in_use(&m.ssh)?;
+            if broken.matches || broken.pair != before.pair {
+                bail!("the key was not replaced as planned: {broken:?}");
+            }
+            Ok(())
+        },
+    )?;
+    // QEMU runs with -no-reboot: the reboot ends this QEMU, and the next start is the reboot.
+    let _ = first.ssh.run("sudo -n systemctl reboot");
+    first.wait_for_power_off(
+        "did not go down after `systemctl reboot`",
+        Duration::from_secs(180),
+    )?;
+
+    let second = boot("boot2", "the boot after the TLS key was replaced")?;
+    say(format!(
+        "second boot: ready after {:.1} s (nginx active, no failed unit)",
+        second.seconds_to_ready
+    ));
+    second.wait_for_ssh()?;
+    let after = second.step("the TLS pair in use after the reboot", |m| {
+        tls_in_use(&m.ssh)
+    })?;
+    if !after.matches || after.pair == before.pair || after.cert == before.cert {
+        bail!(
+            "after the reboot the pair in use is {} (a matching key: {}), before it was {}",
+            after.pair,
+            after.matches,
+            before.pair
+        );
+    }
+    second.step("HTTPS with the new certificate, and no other", |m| {
+        check_https(m.ports, DOMAIN, &Trust::Pem(after.cert.clone())).map(drop)
+    })?;
+    let said = second.step("the machine says what it repaired and why", |m| {
+        let journal = m.ssh.sudo("journalctl -b --no-pager -o cat")?;
+        let lines: Vec<String> = journal
+            .lines()
+            .filter(|l| {
+                l.contains("do not belong together")
+                    || l.contains(&format!("made a new self-signed certificate for {DOMAIN}"))
+            })
+            .map(str::to_string)
+            .collect();
+        let why = format!(
+            "the TLS key and certificate in use (/data/config/tls/{}) do not belong together",
+            before.pair
+        );
+        if !lines.iter().any(|l| l.contains(&why))
+            || !lines.iter().any(|l| l.contains("made a new self-signed"))
+        {
+            bail!("the journal does not say {why:?} and that a new certificate was made; it says:\n{journal}");
+        }
+        if !m.machine().console_text().contains("do not belong together") {
+            bail!("the console does not say the TLS pair was replaced");
+        }
+        Ok(lines)
+    })?;
+    for l in &said {
+        say(format!("ok: the machine says: {l}"));
+    }
+    say(format!(
+        "ok: {} replaced by {}: nginx serves the new certificate with its key",
+        before.pair, after.pair
+    ));
+    second.power_off_cleanly()?;
+    say(format!(
+        "TLS pair and idle power-off: {:.0} s in all",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+#[test]
+fn a_second_disk_with_the_same_image_is_left_alone_and_the_seed_password_is_erased() {
+    let _t = appliance_qemu_tests::timed!();
+    let b = common::test_image();
+    let _one = test_image::one_boot_at_a_time();
+    second_disk(b).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Offset and size of the partition labelled `label`.
+fn region(b: &Built, label: &str) -> (u64, u64) {
+    let bytes = b.partition(label)["bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the manifest gives no size for the {label} partition"));
+    (b.offset(label), bytes)
+}
+
+fn second_disk(b: &Built) -> Result<()> {
+    let started = Instant::now();
+    let dir = workdir("faults-second-disk");
+    let key = KeyPair::generate("faults")?;
+    let password = "Second-Disk-Orchid-Lamp-93";
+    // Both disks raw, so their partitions can be read back from here at their offsets.
+    let first_disk = dir.join("first.raw");
+    copy_with_seed(
+        &b.image,
+        b.offset("esp"),
+        &seed(&key, password)?,
+        &first_disk,
+    )?;
+    let (esp_at, esp_len) = region(b, "esp");
+    if !region_contains(&first_disk, esp_at, esp_len, password.as_bytes())? {
+        bail!("the seed's password is not on the first disk's ESP before the boot: this check would prove nothing");
+    }
+    let second_disk = dir.join("second.raw");
+    std::fs::copy(&b.image, &second_disk)?;
+    let (data_at, data_len) = region(b, "data");
+    let untouched = region_digest(&second_disk, 0, std::fs::metadata(&second_disk)?.len())?;
+    let ports = Ports::free()?;
+    let mut cfg = machine_config(Arch::X86_64, &first_disk, dir.join("boot"), ports);
+    cfg.disk_format = "raw".into();
+    cfg.extra_disks = vec![ExtraDisk {
+        path: second_disk.clone(),
+        format: "raw".into(),
+    }];
+    let ssh = Ssh::new(ports.ssh, "admin", key.private.clone());
+    let m = Session::boot(
+        "a machine with a second disk carrying the same image",
+        &cfg,
+        ports,
+        ssh,
+        Setup::Done,
+        BOOT_WAIT,
+    )?;
+    say(format!(
+        "boot with two disks: ready after {:.1} s",
+        m.seconds_to_ready
+    ));
+    m.wait_for_ssh()?;
+    m.step("/data is the first disk's data partition", |m| {
+        let source = m.ssh.sudo("findmnt -n -o SOURCE /data")?;
+        let link = m.ssh.sudo("readlink -f /dev/disk/appliance/data")?;
+        let root_disk = m.ssh.sudo("/usr/lib/appliance/root-disk")?;
+        let (source, link, root_disk) = (source.trim(), link.trim(), root_disk.trim());
+        if root_disk != "vda" {
+            bail!("the system was started from {root_disk}, not the first disk vda");
+        }
+        if !link.starts_with("/dev/vda") || source != link {
+            bail!("/data is mounted from {source}; /dev/disk/appliance/data is {link}; both must be the first disk's (vda) data partition");
+        }
+        say(format!("ok: /data is {source} (/dev/disk/appliance/data), on the disk the system started from"));
+        Ok(())
+    })?;
+    let console = m.machine().console_log_path();
+    m.power_off_cleanly()?;
+    let after = region_digest(&second_disk, 0, std::fs::metadata(&second_disk)?.len())?;
+    if after != untouched {
+        let data_changed = region_digest(&second_disk, data_at, data_len)?
+            != region_digest(&b.image, data_at, data_len)?;
+        bail!(
+            "the second disk was written to (its data partition {})",
+            if data_changed { "too" } else { "unchanged" }
+        );
+    }
+    say(
+        "ok: the second disk is byte for byte what it was, its data partition still unformatted"
+            .into(),
+    );
+    check_password_gone(&first_disk, esp_at, esp_len, &console, password)?;
+    say("ok: the seed's password is on neither the ESP nor the console after setup".into());
+    say(format!(
+        "second disk: {:.0} s in all",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// After a powered-off machine's boot: `password` is in neither the raw bytes of its ESP nor
+/// its console log.
+fn check_password_gone(
+    disk: &Path,
+    esp_at: u64,
+    esp_len: u64,
+    console_log: &Path,
+    password: &str,
+) -> Result<()> {
+    if region_contains(disk, esp_at, esp_len, password.as_bytes())? {
+        bail!("the seed's password is still in the raw bytes of the ESP after the boot");
+    }
+    let console = std::fs::read(console_log)?;
+    if console.is_empty() {
+        bail!("the console log {} is empty", console_log.display());
+    }
+    if console
+        .windows(password.len())
+        .any(|w| w == password.as_bytes())
+    {
+        bail!(
+            "the seed's password is on the console ({})",
+            console_log.display()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_seed_file_that_cannot_be_used_leaves_its_password_nowhere() {
+    let _t = appliance_qemu_tests::timed!();
+    let b = common::test_image();
+    let _one = test_image::one_boot_at_a_time();
+    bad_seeds(b).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+fn bad_seeds(b: &Built) -> Result<()> {
+    let started = Instant::now();
+    let dir = workdir("faults-bad-seeds");
+    let key = KeyPair::generate("faults")?;
+    let (esp_at, esp_len) = region(b, "esp");
+    let good = seed(&key, "unused")?;
+    let cases = [
+        (
+            "an unknown key (pasword)",
+            "Misspelt-Key-Copper-Fern-61",
+            good.replace(
+                "password = \"unused\"",
+                "pasword = \"Misspelt-Key-Copper-Fern-61\"",
+            ),
+        ),
+        (
+            "a TOML syntax error on the password line",
+            "Broken-Quote-Silver-Moth-28",
+            good.replace(
+                "password = \"unused\"",
+                "password = \"Broken-Quote-Silver-Moth-28",
+            ),
+        ),
+    ];
+    for (i, (what, password, text)) in cases.iter().enumerate() {
+        if !text.contains(password) {
+            bail!("the seed for {what} lacks its password: {text}");
+        }
+        let disk = dir.join(format!("seed-{i}.raw"));
+        copy_with_seed(&b.image, esp_at, text, &disk)?;
+        let ports = Ports::free()?;
+        let mut cfg = machine_config(Arch::X86_64, &disk, dir.join(format!("boot-{i}")), ports);
+        cfg.disk_format = "raw".into();
+        let ssh = Ssh::new(ports.ssh, "admin", key.private.clone());
+        let name = format!("a seed file with {what}");
+        let m = Session::boot(&name, &cfg, ports, ssh, Setup::Pending, BOOT_WAIT)?;
+        say(format!(
+            "seed with {what}: ready (waiting for the wizard) after {:.1} s",
+            m.seconds_to_ready
+        ));
+        m.step("the console says why the seed file was not used", |m| {
+            let text = m.machine().console_text();
+            if !text.contains("appliance-setup.toml.invalid") {
+                bail!("the console does not say the seed was set aside as appliance-setup.toml.invalid");
+            }
+            Ok(())
+        })?;
+        let console = m.machine().console_log_path();
+        m.power_off_cleanly()?;
+        check_password_gone(&disk, esp_at, esp_len, &console, password)?;
+        say(format!(
+            "ok: seed with {what}: its password is on neither the ESP nor the console"
+        ));
+    }
+    say(format!(
+        "seed files that cannot be used: {:.0} s in all",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
