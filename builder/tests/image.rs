@@ -303,6 +303,80 @@ fn outputs_are_complete_and_consistent() {
             assert_eq!(size, 0, "machine-id must be empty: {line}");
         }
     }
+
+    // No private key of any kind anywhere in the root: every copy of an image would share it.
+    let root = workdir("root-files");
+    let status = tool("unsquashfs", "squashfs-tools")
+        .args(["-no-progress", "-quiet", "-f", "-d"])
+        .arg(root.join("r"))
+        .arg(&data_img)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "unsquashfs could not unpack the root");
+    let keys = private_keys_under(&root.join("r"));
+    assert!(keys.is_empty(), "private keys in the image: {keys:?}");
+}
+
+/// Files under `dir` holding a PEM or OpenSSH private key: a `-----BEGIN ... PRIVATE
+/// KEY-----` line followed by base64 (programs that only know the marker, such as sshd, have
+/// no key material after it).
+fn private_keys_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                let bytes = std::fs::read(e.path()).unwrap_or_default();
+                if holds_private_key(&bytes) {
+                    found.push(e.path());
+                }
+            }
+        }
+    }
+    found
+}
+
+fn holds_private_key(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let line = line.trim();
+        if line.starts_with("-----BEGIN") && line.ends_with("PRIVATE KEY-----") {
+            let next = lines.next().unwrap_or("").trim();
+            if next.len() >= 40
+                && next
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn the_private_key_scan_finds_keys_and_ignores_markers() {
+    let _t = appliance_qemu_tests::timed!();
+    let d = workdir("key-scan");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(d.join("id"))
+        .status()
+        .expect("ssh-keygen (openssh-client): run `appliance doctor --install`");
+    assert!(status.success());
+    assert!(holds_private_key(&std::fs::read(d.join("id")).unwrap()));
+    assert!(!holds_private_key(
+        &std::fs::read(d.join("id.pub")).unwrap()
+    ));
+    assert!(!holds_private_key(
+        b"\0-----BEGIN OPENSSH PRIVATE KEY-----\0openssh-key-v1\0"
+    ));
+    assert_eq!(private_keys_under(&d), vec![d.join("id")]);
 }
 
 #[test]
