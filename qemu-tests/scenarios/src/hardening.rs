@@ -129,12 +129,13 @@ pub fn lynis_findings(ssh: &Ssh) -> Result<Vec<String>> {
 /// (/run). Under TCG this takes many minutes, so it is a measurement (`examples/audit.rs`), not
 /// part of the tests.
 pub fn lynis_index(ssh: &Ssh) -> Result<u32> {
-    let lynis = ssh.sudo(
-        "sh -c 'lynis audit system --quick --no-colors --logfile /run/lynis.log \
+    let lynis = ssh
+        .sudo(
+            "sh -c 'lynis audit system --quick --no-colors --logfile /run/lynis.log \
          --report-file /run/lynis-report.dat >/dev/null 2>&1; \
          grep ^hardening_index= /run/lynis-report.dat'",
-    )
-    .context("running Lynis")?;
+        )
+        .context("running Lynis")?;
     lynis
         .trim()
         .strip_prefix("hardening_index=")

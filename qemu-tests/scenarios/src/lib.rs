@@ -7,6 +7,7 @@
 //! - [`meeting`]: the scenarios (setup from a seed file, setup through the wizard);
 //! - [`checks`]: HTTPS, XMPP, SSH and the generated configurations, checked on a set-up machine;
 //! - [`hardening`]: AppArmor, listening sockets, the firewall, systemd's exposure scores;
+//! - [`update`]: signed A/B updates installed over SSH, refused, and failing their trial;
 //! - [`disk`]: a seed file on the ESP, and the data partition read back after power-off;
 //! - the clients and servers they use: [`ssh`], [`http`], [`xmpp`] (BOSH), [`pebble`] (Let's
 //!   Encrypt's test server), [`dns`].
@@ -23,4 +24,5 @@ pub mod meeting;
 pub mod pebble;
 pub mod session;
 pub mod ssh;
+pub mod update;
 pub mod xmpp;
