@@ -247,7 +247,8 @@ impl Fixture {
 }
 
 /// v1 set up from a seed file; changed bundles refused; v1 -> v2 over SSH, kept what must be
-/// kept; the downgrade refused; v3 fails its trial and the machine comes back on v2 by itself.
+/// kept; the downgrade refused; v3 fails its trial and the machine comes back on v2 by itself;
+/// a power cut while v3 is written again, then installed.
 pub fn update_scenario(s: &UpdateScenario) -> Result<UpdateOutcome> {
     let mut outcome = UpdateOutcome::default();
     let _ = std::fs::remove_dir_all(&s.workdir);
@@ -395,7 +396,7 @@ pub fn update_scenario(s: &UpdateScenario) -> Result<UpdateOutcome> {
     m.step("XMPP login on v2 after the fallback", |m| {
         check_xmpp(m.ports, DOMAIN, &Trust::Pem(cert(m)?), HOST, HOST_PASSWORD).map(|_| ())
     })?;
-    m.power_off_cleanly()?;
+    power_cut_while_writing(m, s, &f, v3, &mut outcome)?;
     Ok(outcome)
 }
 
@@ -703,4 +704,94 @@ fn v3_fails_its_trial(s: &UpdateScenario, f: &Fixture, v3: &Bundle) -> Result<()
     machine.wait_for_line("update: restarting into version", Duration::from_secs(60))?;
     machine.wait_for_exit(Duration::from_secs(180))?;
     Ok(())
+}
+
+/// The power goes while `update apply` writes slot a: the next boot runs v2, `update status`
+/// says the attempt was interrupted, and `update apply` then installs the bundle.
+fn power_cut_while_writing(
+    m: Session,
+    s: &UpdateScenario,
+    f: &Fixture,
+    b: &Bundle,
+    outcome: &mut UpdateOutcome,
+) -> Result<()> {
+    let mut child = m
+        .ssh
+        .command(&format!(
+            "sudo -n appliance-admin update apply {}",
+            remote(b)
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting update apply over ssh")?;
+    let stdout = child.stdout.take().context("no stdout from ssh")?;
+    let mut seen = String::new();
+    let mut reader = std::io::BufReader::new(stdout);
+    // The power goes as soon as apply says it has written a quarter of the root.
+    let writing = loop {
+        let mut line = String::new();
+        use std::io::BufRead;
+        if reader.read_line(&mut line)? == 0 {
+            break false;
+        }
+        seen.push_str(&line);
+        if line.contains("update: writing") {
+            break true;
+        }
+    };
+    if !writing {
+        let _ = child.wait();
+        bail!("update apply ended before it wrote the slot:\n{seen}");
+    }
+    m.cut_power()?;
+    let _ = child.wait();
+    outcome
+        .checks
+        .push("power cut while update apply wrote slot a".into());
+    let m = f.boot(s, "boot5-v2", "v2 after the power cut during update apply")?;
+    outcome
+        .boots
+        .push(("v2 after the power cut".into(), m.seconds_to_ready));
+    m.wait_for_ssh()?;
+    m.step("v2 still runs from slot b", |m| runs(m, &f.bundles[1], "b"))?;
+    m.step("update status says the attempt was interrupted", |m| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let st = status(&m.ssh)?;
+            let reason = st["attempt"]["reason"].as_str().unwrap_or("");
+            if st["attempt"]["state"] == "failed" && reason.contains("interrupted") {
+                outcome.checks.push(format!(
+                    "after the power cut v2 runs; update status: {reason}"
+                ));
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the interrupted attempt is not reported: {}",
+                    serde_json::to_string_pretty(&st)?
+                );
+            }
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    })?;
+    outcome.timed("update apply again after the power cut", || {
+        m.step("update apply succeeds after the power cut", |m| {
+            let text = m
+                .ssh
+                .sudo(&format!("appliance-admin update apply {}", remote(b)))?;
+            let st = status(&m.ssh)?;
+            if st["attempt"]["state"] != "armed" || st["next_boot"] != "a" {
+                bail!(
+                    "after update apply the trial is not armed:\n{text}\n{}",
+                    serde_json::to_string_pretty(&st)?
+                );
+            }
+            Ok(())
+        })
+    })?;
+    outcome
+        .checks
+        .push("update apply installed and armed the bundle again after the power cut".into());
+    m.power_off_cleanly()
 }

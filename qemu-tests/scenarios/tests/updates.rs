@@ -80,7 +80,8 @@ fn signed_versions_build_into_bundles() {
 /// UEFI: v1 set up from a seed file; bundles with a changed byte, another signer or another
 /// architecture are refused and write nothing; v1 -> v2 over SSH with --reboot, committed by the
 /// health check, with the same host account, SSH host key and certificate; the downgrade to v1
-/// is refused; v3 fails its trial and the machine comes back on v2 by itself, saying why.
+/// is refused; v3 fails its trial and the machine comes back on v2 by itself, saying why; the
+/// power goes while v3 is written again, v2 still runs, and the next `update apply` works.
 #[test]
 fn uefi_update_refusals_and_fallback() {
     let _t = appliance_qemu_tests::timed!();
