@@ -7,6 +7,7 @@
 //! - [`meeting`]: the scenarios (setup from a seed file, setup through the wizard);
 //! - [`checks`]: HTTPS, XMPP, SSH and the generated configurations, checked on a set-up machine;
 //! - [`hardening`]: AppArmor, listening sockets, the firewall, systemd's exposure scores;
+//! - [`update`]: signed A/B updates installed over SSH, refused, and failing their trial;
 //! - [`disk`]: a seed file on the ESP, and the data partition read back after power-off;
 //! - [`seeded`]: a copy of a built image with a complete seed, for the measurement examples;
 //! - the clients and servers they use: [`ssh`], [`http`], [`xmpp`] (BOSH), [`pebble`] (Let's
@@ -25,4 +26,5 @@ pub mod pebble;
 pub mod seeded;
 pub mod session;
 pub mod ssh;
+pub mod update;
 pub mod xmpp;

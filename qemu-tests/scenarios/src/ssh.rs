@@ -163,6 +163,30 @@ impl Ssh {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs `remote` with the local file `input` on its standard input (to copy a file:
+    /// `sudo -n sh -c 'cat > FILE'`); fails with its output unless it exits 0.
+    pub fn run_with_input(&self, remote: &str, input: &Path) -> Result<String> {
+        require_program("ssh", "openssh-client")?;
+        let file = std::fs::File::open(input)
+            .with_context(|| format!("cannot read {}", input.display()))?;
+        let out = self
+            .command(remote)
+            .stdin(file)
+            .output()
+            .with_context(|| format!("running ssh {}:{}", self.host, self.port))?;
+        if !out.status.success() {
+            bail!(
+                "ssh {} {remote:?} < {} failed ({}):\n{}{}",
+                self.destination(),
+                input.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Runs `command` through `sudo -n` on the guest; fails with its output unless it exits 0.
     pub fn sudo(&self, command: &str) -> Result<String> {
         self.run_ok(&format!("sudo -n {command}"))

@@ -85,3 +85,147 @@ pub fn test_image() -> &'static Built {
 pub fn workdir(name: &str) -> PathBuf {
     test_image::workdir(name).unwrap_or_else(|e| panic!("{e:#}"))
 }
+
+/// The versions the update tests install, one after the other.
+pub const V1: &str = "1.0.0";
+pub const V2: &str = "2.0.0";
+pub const V3: &str = "3.0.0";
+
+/// The unit v3 adds, which always fails, so v3's trial boot is not healthy.
+pub const UNHEALTHY_UNIT: &str = "appliance-test-unhealthy.service";
+
+/// The test image as versions of one signed image (see [`update_images`]).
+pub struct UpdateImages {
+    pub v1: Built,
+    pub v2: Built,
+    pub v3: Built,
+    /// The signing key the images trust (`build/test-keys/appliance-signing`) and its public key.
+    pub key: PathBuf,
+    pub public_key: PathBuf,
+}
+
+impl Built {
+    /// The signed update bundle the build wrote beside the image.
+    pub fn bundle(&self) -> PathBuf {
+        let name = self.manifest["name"].as_str().unwrap_or("jitsi-appliance");
+        let version = self.manifest["version"].as_str().unwrap_or("");
+        self.out.join(format!("{name}-{version}.update"))
+    }
+}
+
+/// The signing key of the update tests, made once per checkout and reused, so the images that
+/// trust it (the key is in their root) stay cached between runs.
+pub fn test_signing_key() -> Result<(PathBuf, PathBuf)> {
+    let dir = test_image::build_dir().join("test-keys");
+    let private = dir.join("appliance-signing");
+    let public = dir.join("appliance-signing.pub");
+    if private.exists() && public.exists() {
+        return Ok((private, public));
+    }
+    let _ = std::fs::remove_file(&private);
+    let _ = std::fs::remove_file(&public);
+    appliance::signing::generate(&dir, "appliance-signing", "appliance-tests")
+}
+
+/// `build/test-features`: the project's features (links to `overlays/`) plus `unhealthy`, a
+/// unit that always fails, enabled. Made anew each time, the same every time.
+pub fn test_features() -> Result<PathBuf> {
+    let dir = test_image::build_dir().join("test-features");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for f in PROJECT_FEATURES {
+        std::os::unix::fs::symlink(
+            test_image::repo_root().join("overlays").join(f),
+            dir.join(f),
+        )
+        .with_context(|| format!("cannot link {f} into {}", dir.display()))?;
+    }
+    let feature = dir.join("unhealthy");
+    let units = feature.join("files/etc/systemd/system");
+    std::fs::create_dir_all(units.join("multi-user.target.wants"))?;
+    std::fs::write(
+        feature.join("feature.toml"),
+        "description = \"Tests only: a unit that always fails, so the update health check finds this version unhealthy\"\n\
+         requires = [\"updates\"]\n",
+    )?;
+    std::fs::write(
+        units.join(UNHEALTHY_UNIT),
+        "[Unit]\nDescription=Tests only: always fails, so the update health check finds this version unhealthy\n\n\
+         [Service]\nType=oneshot\nExecStart=/usr/bin/false\n\n[Install]\nWantedBy=multi-user.target\n",
+    )?;
+    std::os::unix::fs::symlink(
+        format!("/etc/systemd/system/{UNHEALTHY_UNIT}"),
+        units.join("multi-user.target.wants").join(UNHEALTHY_UNIT),
+    )?;
+    Ok(dir)
+}
+
+/// The features `appliance.toml` enables with `jitsi.enabled=false`.
+const PROJECT_FEATURES: [&str; 6] = [
+    "base",
+    "boot",
+    "hardening",
+    "firstboot",
+    "meeting",
+    "updates",
+];
+
+/// The overrides of one version of the signed test image: the test image's, a raw image only,
+/// the test signing key, and `version`.
+fn signed_overrides(key: &Path, public: &Path, version: &str) -> Result<Vec<String>> {
+    let mut o = test_image::overrides()?;
+    o.retain(|s| !s.starts_with("image.formats="));
+    o.push(r#"image.formats=["raw"]"#.into());
+    o.push(format!("image.version=\"{version}\""));
+    o.push(format!("signing.key=\"{}\"", key.display()));
+    o.push(format!("updates.trusted_keys=[\"{}\"]", public.display()));
+    Ok(o)
+}
+
+/// v1, v2 and v3 of the test image, signed with the test key, built once per test binary into
+/// `build/test-out-v1`, `-v2`, `-v3`. v2 differs from v1 in its version only, v3 also in the
+/// feature `unhealthy` ([`test_features`]); all three share the package layer.
+pub fn update_images() -> &'static UpdateImages {
+    static BUILT: OnceLock<Result<UpdateImages, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        (|| -> Result<UpdateImages> {
+            let (key, public_key) = test_signing_key()?;
+            let features = test_features()?;
+            let out = |v: &str| test_image::build_dir().join(format!("test-out-v{v}"));
+            let mut built = Vec::new();
+            for (n, version) in [(1, V1), (2, V2), (3, V3)] {
+                let mut o = signed_overrides(&key, &public_key, version)?;
+                if version == V3 {
+                    o.push(format!("features.dir=\"{}\"", features.display()));
+                    let mut enabled: Vec<String> =
+                        PROJECT_FEATURES.iter().map(|f| format!("{f:?}")).collect();
+                    enabled.push("\"unhealthy\"".into());
+                    o.push(format!("features.enabled=[{}]", enabled.join(", ")));
+                }
+                let t = std::time::Instant::now();
+                let b = build_image(&o, &out(&n.to_string()))
+                    .with_context(|| format!("building version {version}"))?;
+                eprintln!(
+                    "update images: version {version} built in {:.0} s",
+                    t.elapsed().as_secs_f64()
+                );
+                built.push(b);
+            }
+            let v3 = built.pop().expect("three builds");
+            let v2 = built.pop().expect("three builds");
+            let v1 = built.pop().expect("three builds");
+            Ok(UpdateImages {
+                v1,
+                v2,
+                v3,
+                key,
+                public_key,
+            })
+        })()
+        .map_err(|e| format!("building the update test images failed: {e:#}"))
+    });
+    match built {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    }
+}
