@@ -37,24 +37,30 @@ pub fn collect(lock: &Lock, config: &Config, from: &DebSources, pool: &Path) -> 
         let dest = pool.join(p.deb_file_name());
         let candidates = candidates(p, config, from);
         let mut found = false;
+        // Files of the package's name whose bytes are not what was locked.
+        let mut other_bytes = None;
         for c in candidates.iter().filter(|c| c.is_file()) {
             if appliance_spec::signature::sha256_file(c)? == p.sha256 {
                 link_or_copy(c, &dest)?;
                 found = true;
                 break;
             }
-            changed.push(format!("{} {} ({})", p.name, p.version, c.display()));
+            other_bytes.get_or_insert_with(|| c.display().to_string());
         }
         if found {
             continue;
         }
-        if from.offline || p.origin == LOCAL {
-            missing.push(format!("{} {}", p.name, p.version));
-            continue;
-        }
-        match download(p, config, lock, from.cache)? {
-            Some(file) => link_or_copy(&file, &dest)?,
-            None => missing.push(format!("{} {}", p.name, p.version)),
+        let fetched = if from.offline || p.origin == LOCAL {
+            Fetched::Missing
+        } else {
+            download(p, config, lock, from.cache)?
+        };
+        match (fetched, other_bytes) {
+            (Fetched::File(file), _) => link_or_copy(&file, &dest)?,
+            (Fetched::OtherBytes(url), _) | (Fetched::Missing, Some(url)) => {
+                changed.push(format!("{} {} ({url})", p.name, p.version))
+            }
+            (Fetched::Missing, None) => missing.push(format!("{} {}", p.name, p.version)),
         }
     }
     if !changed.is_empty() {
@@ -93,14 +99,19 @@ fn candidates(p: &LockedPackage, config: &Config, from: &DebSources) -> Vec<Path
     out
 }
 
+/// What a download of a locked package found.
+enum Fetched {
+    /// The package, in the cache.
+    File(PathBuf),
+    /// A file whose SHA-256 is not the locked one (at this URL).
+    OtherBytes(String),
+    /// Nothing at the package's archive path.
+    Missing,
+}
+
 /// Downloads a locked package from its source as the configuration names it now (the mirror
-/// may have changed since the lock was made) into the cache; `None` if it is not there.
-fn download(
-    p: &LockedPackage,
-    config: &Config,
-    lock: &Lock,
-    cache: &Path,
-) -> Result<Option<PathBuf>> {
+/// may have changed since the lock was made) into the cache.
+fn download(p: &LockedPackage, config: &Config, lock: &Lock, cache: &Path) -> Result<Fetched> {
     let Some(base) = source_uri(config, lock, &p.origin) else {
         bail!(
             "{} comes from the source {:?}, which the configuration no longer has",
@@ -128,16 +139,14 @@ fn download(
         .context("curl is not installed; run `appliance doctor --install`")?;
     if !status.success() {
         let _ = std::fs::remove_file(&partial);
-        return Ok(None);
+        return Ok(Fetched::Missing);
     }
     if appliance_spec::signature::sha256_file(&partial)? != p.sha256 {
         let _ = std::fs::remove_file(&partial);
-        bail!(
-            "{url} does not match the SHA-256 in appliance.lock: not the package that was locked"
-        );
+        return Ok(Fetched::OtherBytes(url));
     }
     std::fs::rename(&partial, &dest)?;
-    Ok(Some(dest))
+    Ok(Fetched::File(dest))
 }
 
 /// The URI of a locked source's name in the configuration as it is now.

@@ -441,7 +441,7 @@ fn a_lock_that_no_longer_matches_stops_the_build_and_names_the_packages() {
     let packages = lock["packages"].as_array_mut().unwrap();
     let name_of = |p: &toml::Value| p["name"].as_str().unwrap().to_string();
     let first = name_of(&packages[0]);
-    packages[0]["version"] = toml::Value::String("999:0-appliance-test".into());
+    make_impossible(&mut packages[0]);
     let second = name_of(&packages[1]);
     packages[1]["sha256"] = toml::Value::String("0".repeat(64));
     std::fs::write(dir.join("appliance.lock"), toml::to_string(&lock).unwrap()).unwrap();
@@ -467,7 +467,7 @@ fn a_lock_that_no_longer_matches_stops_the_build_and_names_the_packages() {
         "a build from a drifted lock succeeded"
     );
     assert!(
-        err.contains(&second) && err.contains("do not match the SHA-256"),
+        err.contains(&second) && err.contains("do not match the SHA-256 in appliance.lock"),
         "{err}"
     );
     assert!(
@@ -485,12 +485,25 @@ fn a_lock_that_no_longer_matches_stops_the_build_and_names_the_packages() {
     );
 }
 
+/// Gives a locked package a version the archive never had, with the archive path that version
+/// would have.
+fn make_impossible(p: &mut toml::Value) {
+    let version = p["version"].as_str().unwrap().to_string();
+    let without_epoch = version.split_once(':').map_or(version.as_str(), |(_, v)| v);
+    let filename = p["filename"]
+        .as_str()
+        .unwrap()
+        .replace(&format!("_{without_epoch}_"), "_0-appliance-test_");
+    p["version"] = toml::Value::String("999:0-appliance-test".into());
+    p["filename"] = toml::Value::String(filename);
+}
+
 /// Writes the original lock with only `name` set to an impossible version.
 fn packages_fix(dir: &Path, original: &str, name: &str) {
     let mut lock: toml::Table = toml::from_str(original).unwrap();
     for p in lock["packages"].as_array_mut().unwrap() {
         if p["name"].as_str() == Some(name) {
-            p["version"] = toml::Value::String("999:0-appliance-test".into());
+            make_impossible(p);
         }
     }
     std::fs::write(dir.join("appliance.lock"), toml::to_string(&lock).unwrap()).unwrap();
