@@ -88,7 +88,8 @@ enum UpdateCommand {
     /// Check an update bundle completely, write it into the slot that is not running, and arm
     /// one trial boot of it. Nothing is written unless every check passes.
     Apply {
-        /// The bundle: a file (e.g. copied with scp), or an https:// URL to download to /data.
+        /// The bundle: a file (e.g. in /data/appliance/update, where `appliance update push` puts it),
+        /// or an https:// URL to download to /data.
         source: String,
         /// Install a version older than the running one.
         #[arg(long)]
