@@ -507,6 +507,25 @@ fn packages_fix(dir: &Path, original: &str, name: &str) {
         }
     }
     std::fs::write(dir.join("appliance.lock"), toml::to_string(&lock).unwrap()).unwrap();
+    // A file of that impossible name left in the package cache by an earlier run (when the
+    // archive path was the real one) would hold the locked bytes, and be used.
+    if let Ok(suites) = std::fs::read_dir(repo_root().join("build/cache/debs")) {
+        for suite in suites.flatten() {
+            for deb in std::fs::read_dir(suite.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if deb
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("999%3a0-appliance-test")
+                {
+                    let _ = std::fs::remove_file(deb.path());
+                }
+            }
+        }
+    }
 }
 
 #[test]
