@@ -9,18 +9,25 @@ use std::process::{Command, Output, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-/// Runs `cmd` to completion, capturing output; fails with the tails of stderr and stdout.
-pub fn run(cmd: &mut Command) -> Result<Output> {
-    let program = program_name(cmd);
+/// Starts `cmd` with piped output in a process group of its own, which a stopped build stops
+/// (`interrupt`); the caller reports `child_finished` when it has waited for it.
+fn spawn_in_group(cmd: &mut Command, program: &str) -> Result<std::process::Child> {
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .map_err(|e| spawn_error(&program, e))?;
+        .map_err(|e| spawn_error(program, e))?;
+    crate::interrupt::child_started(child.id());
+    Ok(child)
+}
+
+/// Runs `cmd` to completion, capturing output; fails with the tails of stderr and stdout.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let program = program_name(cmd);
+    let child = spawn_in_group(cmd, &program)?;
     let group = child.id();
-    crate::interrupt::child_started(group);
     let out = child.wait_with_output();
     crate::interrupt::child_finished(group);
     let out = out.with_context(|| format!("waiting for {program}"))?;
@@ -48,15 +55,8 @@ pub fn run_logged(cmd: &mut Command, log: &Path, mut on_line: impl FnMut(&str)) 
         .append(true)
         .open(log)
         .with_context(|| format!("cannot write the log {}", log.display()))?;
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| spawn_error(&program, e))?;
+    let mut child = spawn_in_group(cmd, &program)?;
     let group = child.id();
-    crate::interrupt::child_started(group);
     // Merge both streams line by line into the log; stderr is read on a thread so neither pipe
     // can fill up and block the child.
     let stderr = child.stderr.take().context("child stderr")?;
