@@ -120,6 +120,7 @@ fn signed() -> &'static Signed {
             ),
             &[("APPLIANCE_SIGNING_KEY", &key)],
         );
+        let _ = std::fs::remove_dir_all(dir.join("earlier"));
         let log = String::from_utf8_lossy(&built.stderr);
         assert!(
             log.lines()
@@ -233,6 +234,7 @@ fn signed_outputs_verify_and_every_change_is_caught() {
             "{what}: {err:?} should say {expect:?}"
         );
     }
+    let _ = std::fs::remove_dir_all(s.dir.join("tampered"));
     // Another key is refused.
     let other = s.dir.join("other-keys");
     run_ok(
@@ -582,4 +584,6 @@ fn a_locked_build_from_a_mirror_without_network_in_another_directory_is_identica
         a, b,
         "two builds of the same lock differ, one layered on the cache, one from nothing (see the SHA256SUMS above)"
     );
+    // Its own package cache and outputs are kept only when they differ, for a look.
+    let _ = std::fs::remove_dir_all(&other);
 }

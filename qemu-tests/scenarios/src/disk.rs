@@ -12,12 +12,19 @@ use appliance_spec::esp::SEED_FILE;
 /// Copies `image` to `dst` (sparse) and puts `seed` on its ESP as `appliance-setup.toml`, as a
 /// user would after writing the image: the image itself is left as it is.
 pub fn copy_with_seed(image: &Path, esp_offset: u64, seed: &str, dst: &Path) -> Result<()> {
+    sparse_copy(image, dst)?;
+    put_on_esp(dst, esp_offset, SEED_FILE, seed)
+}
+
+/// Copies `image` to `dst` keeping its holes: the image is mostly unwritten space, and a full
+/// copy of each would fill a CI machine's disk.
+pub fn sparse_copy(image: &Path, dst: &Path) -> Result<()> {
     let _ = std::fs::remove_file(dst);
     run(Command::new("cp")
         .arg("--sparse=always")
         .arg(image)
         .arg(dst))?;
-    put_on_esp(dst, esp_offset, SEED_FILE, seed)
+    Ok(())
 }
 
 /// Writes `text` as `name` at the top of the FAT file system at `esp_offset` in `disk`.

@@ -18,6 +18,8 @@ fn arm64_raspberry_pi_image_builds_boots_on_virt_and_has_pi_boot_files() {
         "jitsi.enabled=false",
         "image.arch=\"arm64\"",
         "image.board=\"raspberry-pi\"",
+        // `--profile dev`'s fast compression: the x86_64 tests check the default level.
+        "root.compression_level=1",
     ]
     .map(String::from);
     let out = test_image::build_dir().join("test-out-arm64");

@@ -14,7 +14,7 @@ use appliance_qemu_tests::scenarios::overlay;
 use appliance_qemu_tests::test_image::{self, BOOT_TIMEOUT};
 use appliance_qemu_tests::{Arch, ExtraDisk};
 use appliance_scenarios::checks::check_https;
-use appliance_scenarios::disk::{copy_with_seed, region_contains, region_digest};
+use appliance_scenarios::disk::{copy_with_seed, region_contains, region_digest, sparse_copy};
 use appliance_scenarios::http::Trust;
 use appliance_scenarios::meeting::{DOMAIN, HOST};
 use appliance_scenarios::session::{machine_config, Ports, Session, Setup};
@@ -282,7 +282,7 @@ fn second_disk(b: &Built) -> Result<()> {
         bail!("the seed's password is not on the first disk's ESP before the boot: this check would prove nothing");
     }
     let second_disk = dir.join("second.raw");
-    std::fs::copy(&b.image, &second_disk)?;
+    sparse_copy(&b.image, &second_disk)?;
     let (data_at, data_len) = region(b, "data");
     let untouched = region_digest(&second_disk, 0, std::fs::metadata(&second_disk)?.len())?;
     let ports = Ports::free()?;
@@ -337,6 +337,9 @@ fn second_disk(b: &Built) -> Result<()> {
     );
     check_password_gone(&first_disk, esp_at, esp_len, &console, password)?;
     say("ok: the seed's password is on neither the ESP nor the console after setup".into());
+    // Kept only when a check fails.
+    std::fs::remove_file(&first_disk)?;
+    std::fs::remove_file(&second_disk)?;
     say(format!(
         "second disk: {:.0} s in all",
         started.elapsed().as_secs_f64()
@@ -433,6 +436,8 @@ fn bad_seeds(b: &Built) -> Result<()> {
         say(format!(
             "ok: seed with {what}: its password is on neither the ESP nor the console"
         ));
+        // Kept only when a check fails, for a look at what the machine wrote.
+        std::fs::remove_file(&disk)?;
     }
     say(format!(
         "seed files that cannot be used: {:.0} s in all",

@@ -171,7 +171,7 @@ const PROJECT_FEATURES: [&str; 6] = [
 ];
 
 /// The overrides of one version of the signed test image: the test image's, a raw image only,
-/// the test signing key, and `version`.
+/// the test signing key, fast compression and `version`.
 fn signed_overrides(key: &Path, public: &Path, version: &str) -> Result<Vec<String>> {
     let mut o = test_image::overrides()?;
     o.retain(|s| !s.starts_with("image.formats="));
@@ -179,6 +179,9 @@ fn signed_overrides(key: &Path, public: &Path, version: &str) -> Result<Vec<Stri
     o.push(format!("image.version=\"{version}\""));
     o.push(format!("signing.key=\"{}\"", key.display()));
     o.push(format!("updates.trusted_keys=[\"{}\"]", public.display()));
+    // `--profile dev`'s fast compression: three roots at the default level would add minutes,
+    // and what these tests check does not depend on it.
+    o.push("root.compression_level=1".into());
     Ok(o)
 }
 
