@@ -91,6 +91,13 @@ pub struct MachineConfig {
     /// loader prints through the BIOS video services, e.g. GRUB's menu) to the serial port.
     /// Without it SeaBIOS prints nothing on serial, since `-display none` has no screen.
     pub bios_serial_mirror: bool,
+    /// A stand-in for a cloud's metadata service: each guest connection to 169.254.169.254:80
+    /// runs this program with the connection on its standard input and output. The user
+    /// network then spans 169.254.169.0/24, since QEMU forwards only addresses inside it.
+    pub metadata_service: Option<PathBuf>,
+    /// The system manufacturer the firmware reports (SMBIOS type 1, DMI `sys_vendor`), e.g.
+    /// "Hetzner"; QEMU's own ("QEMU") when `None`.
+    pub system_vendor: Option<String>,
 }
 
 /// A disk attached besides the boot disk, e.g. a second disk carrying the same image. Guest
@@ -122,8 +129,15 @@ impl MachineConfig {
             extra_disks: Vec::new(),
             workdir: workdir.into(),
             bios_serial_mirror: true,
+            metadata_service: None,
+            system_vendor: None,
         }
     }
+}
+
+/// `value` as one value of a QEMU `key=value,...` option: a comma is written twice.
+fn qemu_option_value(value: &str) -> String {
+    value.replace(',', ",,")
 }
 
 /// Finds a TCP port on 127.0.0.1 that is free right now (the OS picks it).
@@ -303,7 +317,19 @@ pub fn qemu_args(
     for (host, guest) in &cfg.port_forwards {
         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
     }
+    if let Some(program) = &cfg.metadata_service {
+        netdev.push_str(&format!(
+            ",net=169.254.169.0/24,guestfwd=tcp:169.254.169.254:80-cmd:{}",
+            qemu_option_value(&program.display().to_string())
+        ));
+    }
     push(&["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
+    if let Some(vendor) = &cfg.system_vendor {
+        push(&[
+            "-smbios",
+            &format!("type=1,manufacturer={}", qemu_option_value(vendor)),
+        ]);
+    }
 
     push(&[
         "-qmp",
@@ -737,6 +763,36 @@ mod tests {
             fs::read(dir.path().join("sercon-port")).unwrap(),
             [0xf8, 0x03]
         );
+    }
+
+    #[test]
+    fn a_metadata_stand_in_and_a_vendor_reach_qemu_with_commas_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("d.img");
+        File::create(&disk).unwrap();
+        let mut cfg = MachineConfig::new(Arch::X86_64, Firmware::Uefi, &disk, dir.path());
+        cfg.port_forwards = vec![(2222, 22)];
+        cfg.metadata_service = Some(PathBuf::from("/w/meta,data"));
+        cfg.system_vendor = Some("Hetzner, Inc".into());
+        let args = qemu_args(&cfg, &tcg(Arch::X86_64), Path::new("q"), Path::new("s")).unwrap();
+        let after = |flag: &str| {
+            args.windows(2)
+                .find(|w| w[0] == flag)
+                .map(|w| w[1].clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            after("-netdev"),
+            "user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22,net=169.254.169.0/24,\
+             guestfwd=tcp:169.254.169.254:80-cmd:/w/meta,,data"
+        );
+        assert_eq!(after("-smbios"), "type=1,manufacturer=Hetzner,, Inc");
+        cfg.metadata_service = None;
+        cfg.system_vendor = None;
+        let args = qemu_args(&cfg, &tcg(Arch::X86_64), Path::new("q"), Path::new("s")).unwrap();
+        assert!(!args
+            .iter()
+            .any(|a| a == "-smbios" || a.contains("guestfwd")));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`hardening`]: AppArmor, listening sockets, the firewall, systemd's exposure scores;
 //! - [`update`]: signed A/B updates installed over SSH, refused, and failing their trial;
 //! - [`disk`]: a seed file on the ESP, and the data partition read back after power-off;
+//! - [`metadata`]: a stand-in for a cloud's metadata service, reached through QEMU;
 //! - [`seeded`]: a copy of a built image with a complete seed, for the measurement examples;
 //! - the clients and servers they use: [`ssh`], [`http`], [`xmpp`] (BOSH), [`pebble`] (Let's
 //!   Encrypt's test server), [`dns`].
@@ -22,6 +23,7 @@ pub mod dns;
 pub mod hardening;
 pub mod http;
 pub mod meeting;
+pub mod metadata;
 pub mod pebble;
 pub mod seeded;
 pub mod session;

@@ -1,8 +1,8 @@
 //! Faults a set-up machine must come through safely, on the test image (see
 //! `appliance_qemu_tests::test_image`): a TLS key that no longer matches its certificate, an
 //! idle power-off policy when nobody can tell whether a meeting is in progress, a second disk
-//! carrying the same image, and seed files whose passwords must not outlive setup. Boots run
-//! one at a time.
+//! carrying the same image, and seed files whose passwords must not outlive setup (on machines
+//! that also show who may answer for a cloud's metadata service). Boots run one at a time.
 
 mod common;
 
@@ -17,8 +17,9 @@ use appliance_scenarios::checks::check_https;
 use appliance_scenarios::disk::{copy_with_seed, region_contains, region_digest, sparse_copy};
 use appliance_scenarios::http::Trust;
 use appliance_scenarios::meeting::{DOMAIN, HOST};
+use appliance_scenarios::metadata::MetadataStandIn;
 use appliance_scenarios::session::{machine_config, Ports, Session, Setup};
-use appliance_scenarios::ssh::{KeyPair, Ssh};
+use appliance_scenarios::ssh::{KeyAuth, KeyPair, Ssh};
 use common::{workdir, Built};
 
 /// How long a boot may take to its readiness line: a first boot from a seed file runs all of
@@ -389,6 +390,12 @@ fn bad_seeds(b: &Built) -> Result<()> {
     let key = KeyPair::generate("faults")?;
     let (esp_at, esp_len) = region(b, "esp");
     let good = seed(&key, "unused")?;
+    // Both machines wait for the wizard with no key for the admin, the state in which a cloud's
+    // metadata service is asked for one, and a stand-in answers at 169.254.169.254 with a key.
+    // The first machine's firmware names no cloud, so it must not even connect; the second one
+    // says "Hetzner", so it installs the key and shows it (the check that the stand-in is
+    // reachable, without which the first one's silence would prove nothing).
+    let metadata_key = KeyPair::generate("metadata-stand-in")?;
     let cases = [
         (
             "an unknown key (pasword)",
@@ -397,6 +404,7 @@ fn bad_seeds(b: &Built) -> Result<()> {
                 "password = \"unused\"",
                 "pasword = \"Misspelt-Key-Copper-Fern-61\"",
             ),
+            None,
         ),
         (
             "a TOML syntax error on the password line",
@@ -405,9 +413,10 @@ fn bad_seeds(b: &Built) -> Result<()> {
                 "password = \"unused\"",
                 "password = \"Broken-Quote-Silver-Moth-28",
             ),
+            Some("Hetzner"),
         ),
     ];
-    for (i, (what, password, text)) in cases.iter().enumerate() {
+    for (i, (what, password, text, vendor)) in cases.iter().enumerate() {
         if !text.contains(password) {
             bail!("the seed for {what} lacks its password: {text}");
         }
@@ -416,7 +425,13 @@ fn bad_seeds(b: &Built) -> Result<()> {
         let ports = Ports::free()?;
         let mut cfg = machine_config(Arch::X86_64, &disk, dir.join(format!("boot-{i}")), ports);
         cfg.disk_format = "raw".into();
-        let ssh = Ssh::new(ports.ssh, "admin", key.private.clone());
+        let metadata = MetadataStandIn::new(
+            &dir.join(format!("metadata-{i}")),
+            &[metadata_key.public_line()?],
+        )?;
+        cfg.metadata_service = Some(metadata.program.clone());
+        cfg.system_vendor = vendor.map(str::to_string);
+        let ssh = Ssh::new(ports.ssh, "admin", metadata_key.private.clone());
         let name = format!("a seed file with {what}");
         let m = Session::boot(&name, &cfg, ports, ssh, Setup::Pending, BOOT_WAIT)?;
         say(format!(
@@ -430,6 +445,44 @@ fn bad_seeds(b: &Built) -> Result<()> {
             }
             Ok(())
         })?;
+        match vendor {
+            None => m.step("a machine on no cloud leaves the metadata address alone", |m| {
+                let console = m.machine().console_text();
+                if !console.contains("is not on a known cloud")
+                    || !console.contains("no SSH key is taken from a metadata service")
+                {
+                    bail!("the console does not say that this is no cloud machine");
+                }
+                let reached = metadata.requests();
+                if !reached.is_empty() {
+                    bail!("the metadata stand-in was reached: {reached:?}");
+                }
+                if m.ssh.try_key(&metadata_key.private)? == KeyAuth::Accepted {
+                    bail!("the stand-in's key lets a login in");
+                }
+                say("ok: firmware naming no cloud: 169.254.169.254 not contacted, no key installed".into());
+                Ok(())
+            })?,
+            Some(vendor) => m.step("a machine on a known cloud takes the key and shows it", |m| {
+                let console = m.machine().console_text();
+                let shown = "SSH key for admin installed from Hetzner Cloud's metadata service";
+                if !console.contains(shown) {
+                    bail!("the console does not say {shown:?}");
+                }
+                let reached = metadata.requests();
+                if !reached
+                    .iter()
+                    .any(|r| r.starts_with("GET /hetzner/v1/metadata/public-keys "))
+                {
+                    bail!("the stand-in was not asked for the keys: {reached:?}");
+                }
+                m.wait_for_ssh()?;
+                say(format!(
+                    "ok: firmware naming {vendor}: the stand-in's key installed, shown on the console, and it logs in"
+                ));
+                Ok(())
+            })?,
+        }
         let console = m.machine().console_log_path();
         m.power_off_cleanly()?;
         check_password_gone(&disk, esp_at, esp_len, &console, password)?;

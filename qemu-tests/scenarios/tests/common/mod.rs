@@ -94,6 +94,9 @@ pub const V3: &str = "3.0.0";
 /// The unit v3 adds, which always fails, so v3's trial boot is not healthy.
 pub const UNHEALTHY_UNIT: &str = "appliance-test-unhealthy.service";
 
+/// A file that v2 and v3 have in their root and v1 does not: their overlay change.
+pub const CHANGED_FILE: &str = "/usr/share/appliance-tests/changed-in-v2";
+
 /// The test image as versions of one signed image (see [`update_images`]).
 pub struct UpdateImages {
     pub v1: Built,
@@ -127,8 +130,9 @@ pub fn test_signing_key() -> Result<(PathBuf, PathBuf)> {
     appliance::signing::generate(&dir, "appliance-signing", "appliance-tests")
 }
 
-/// `build/test-features`: the project's features (links to `overlays/`) plus `unhealthy`, a
-/// unit that always fails, enabled. Made anew each time, the same every time.
+/// `build/test-features`: the project's features (links to `overlays/`) plus `changed`, one
+/// more file ([`CHANGED_FILE`]), and `unhealthy`, a unit that always fails, enabled. Made anew
+/// each time, the same every time.
 pub fn test_features() -> Result<PathBuf> {
     let dir = test_image::build_dir().join("test-features");
     let _ = std::fs::remove_dir_all(&dir);
@@ -140,6 +144,16 @@ pub fn test_features() -> Result<PathBuf> {
         )
         .with_context(|| format!("cannot link {f} into {}", dir.display()))?;
     }
+    let changed = dir.join("changed");
+    let file = changed
+        .join("files")
+        .join(CHANGED_FILE.trim_start_matches('/'));
+    std::fs::create_dir_all(file.parent().expect("a file in a folder"))?;
+    std::fs::write(
+        changed.join("feature.toml"),
+        "description = \"Tests only: one more file, the overlay change between update versions\"\n",
+    )?;
+    std::fs::write(&file, "an overlay file that version 1 does not have\n")?;
     let feature = dir.join("unhealthy");
     let units = feature.join("files/etc/systemd/system");
     std::fs::create_dir_all(units.join("multi-user.target.wants"))?;
@@ -186,8 +200,9 @@ fn signed_overrides(key: &Path, public: &Path, version: &str) -> Result<Vec<Stri
 }
 
 /// v1, v2 and v3 of the test image, signed with the test key, built once per test binary into
-/// `build/test-out-v1`, `-v2`, `-v3`. v2 differs from v1 in its version only, v3 also in the
-/// feature `unhealthy` ([`test_features`]); all three share the package layer.
+/// `build/test-out-v1`, `-v2`, `-v3`. v2 differs from v1 in its version and one overlay file
+/// (the feature `changed`), v3 also in the feature `unhealthy` ([`test_features`]); all three
+/// share the package layer.
 pub fn update_images() -> &'static UpdateImages {
     static BUILT: OnceLock<Result<UpdateImages, String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
@@ -198,11 +213,14 @@ pub fn update_images() -> &'static UpdateImages {
             let mut built = Vec::new();
             for (n, version) in [(1, V1), (2, V2), (3, V3)] {
                 let mut o = signed_overrides(&key, &public_key, version)?;
-                if version == V3 {
+                if version != V1 {
                     o.push(format!("features.dir=\"{}\"", features.display()));
                     let mut enabled: Vec<String> =
                         PROJECT_FEATURES.iter().map(|f| format!("{f:?}")).collect();
-                    enabled.push("\"unhealthy\"".into());
+                    enabled.push("\"changed\"".into());
+                    if version == V3 {
+                        enabled.push("\"unhealthy\"".into());
+                    }
                     o.push(format!("features.enabled=[{}]", enabled.join(", ")));
                 }
                 let t = std::time::Instant::now();
