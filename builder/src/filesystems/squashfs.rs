@@ -33,6 +33,9 @@ impl Settings {
     }
 }
 
+/// The memory mksquashfs may use for its caches.
+const MEMORY_CAP: &str = "128M";
+
 /// Packs the directory `tree` into `out`.
 pub fn from_dir(
     tree: &Path,
@@ -48,6 +51,10 @@ pub fn from_dir(
             .args(settings.args())
             // Each file system gets its own id table and no appended data from an earlier run.
             .args(["-noappend", "-quiet", "-no-progress"])
+            // mksquashfs sizes its caches from the machine's memory (a quarter of it, about
+            // 900 MB resident for this root on a 24 GiB machine); capped, it stays near 100 MB
+            // and writes the same bytes.
+            .args(["-mem", MEMORY_CAP])
             .env("SOURCE_DATE_EPOCH", source_date_epoch.to_string()),
     )
     .with_context(|| format!("packing {} into {}", tree.display(), out.display()))?;

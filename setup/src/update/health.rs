@@ -40,6 +40,9 @@ impl Default for Patience {
     }
 }
 
+/// How [`assess`] starts the problem that lists the failed units.
+const FAILED_UNITS: &str = "failed units: ";
+
 /// What one health check found wrong; empty when healthy.
 pub fn assess(ctx: &mut Ctx) -> Vec<String> {
     let mut problems = Vec::new();
@@ -56,7 +59,7 @@ pub fn assess(ctx: &mut Ctx) -> Vec<String> {
                 .filter_map(|l| l.split_whitespace().next())
                 .collect();
             if !failed.is_empty() {
-                problems.push(format!("failed units: {}", failed.join(", ")));
+                problems.push(format!("{FAILED_UNITS}{}", failed.join(", ")));
             }
         }
         Err(e) => problems.push(format!("cannot list the failed units: {e:#}")),
@@ -90,15 +93,23 @@ pub fn assess(ctx: &mut Ctx) -> Vec<String> {
     problems
 }
 
-/// [`assess`] until healthy or out of patience; the last problems found.
+/// [`assess`] until healthy or out of patience; the last problems found. A failed unit ends
+/// the wait once a second check still finds it: systemd does not start a failed unit again by
+/// itself (one it restarts is "activating" between tries, not failed), so waiting the full
+/// three minutes would only delay the return to the previous version.
 pub fn assess_until(ctx: &mut Ctx, patience: Patience) -> Vec<String> {
+    let has_failed_units = |p: &[String]| p.iter().any(|x| x.starts_with(FAILED_UNITS));
     let mut problems = assess(ctx);
     for _ in 1..patience.attempts.max(1) {
         if problems.is_empty() {
             break;
         }
         std::thread::sleep(patience.interval);
+        let failed_before = has_failed_units(&problems);
         problems = assess(ctx);
+        if failed_before && has_failed_units(&problems) {
+            break;
+        }
     }
     problems
 }

@@ -152,6 +152,40 @@ fn an_unhealthy_trial_restarts_into_the_previous_slot_which_says_why() {
 }
 
 #[test]
+fn a_failed_unit_ends_the_wait_at_the_second_check_and_a_starting_one_does_not() {
+    let d = tempfile::tempdir().unwrap();
+    let paths = armed(d.path());
+    let patient = Patience {
+        attempts: 37,
+        interval: Duration::from_millis(0),
+    };
+    let checks = |answers: Answers| {
+        let mut runner = testing::runner(Rc::new(RefCell::new(answers)));
+        let (problems, _) = ctx_run(&paths, &mut runner, true, |ctx| {
+            Ok(assess_until(ctx, patient))
+        });
+        let n = runner
+            .lines()
+            .iter()
+            .filter(|l| l.contains("--state=failed"))
+            .count();
+        (problems.unwrap(), n)
+    };
+    let (problems, n) = checks(Answers {
+        failed_units: "appliance-test.service loaded failed failed A unit\n".into(),
+        ..Answers::default()
+    });
+    assert_eq!(n, 2, "{problems:?}");
+    assert_eq!(problems, ["failed units: appliance-test.service"]);
+    // nginx still starting: all the patience is used.
+    let (problems, n) = checks(Answers {
+        inactive: vec!["nginx.service".into()],
+        ..Answers::default()
+    });
+    assert_eq!(n, 37, "{problems:?}");
+}
+
+#[test]
 fn a_trial_that_never_reported_is_recorded_by_the_previous_slot() {
     let d = tempfile::tempdir().unwrap();
     let paths = armed(d.path());
