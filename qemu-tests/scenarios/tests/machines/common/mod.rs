@@ -1,11 +1,8 @@
 //! Images for the scenario tests, built with the builder library (`appliance`, a
 //! dev-dependency), as `appliance build` would build them.
-//!
-//! Each test binary uses a part of this module.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result};
 use appliance::build::{build, BuildOptions};
@@ -46,8 +43,17 @@ impl Built {
 
 /// Builds the repository's `appliance.toml` with `overrides` into `out`, with the build
 /// directory and caches in `build/`, after the same host-tool check as `appliance build`.
+/// One build per architecture at a time: builds of one architecture share their working
+/// directory (`build/<name>-<arch>`); an x86_64 and an arm64 build go on side by side.
 pub fn build_image(overrides: &[String], out: &Path) -> Result<Built> {
+    static ONE_BUILD_PER_ARCH: [Mutex<()>; 2] = [Mutex::new(()), Mutex::new(())];
     let config = Config::load(&test_image::config_path(), overrides)?;
+    let lock = &ONE_BUILD_PER_ARCH[match config.image.arch {
+        Arch::X86_64 => 0,
+        Arch::Arm64 => 1,
+    }];
+    // A build that failed in another test leaves nothing this one depends on.
+    let _one = lock.lock().unwrap_or_else(|e| e.into_inner());
     appliance::doctor::require("build")?;
     if config.image.arch == Arch::Arm64 && std::env::consts::ARCH != "aarch64" {
         appliance::doctor::require("arm64")?;
@@ -102,9 +108,8 @@ pub struct UpdateImages {
     pub v1: Built,
     pub v2: Built,
     pub v3: Built,
-    /// The signing key the images trust (`build/test-keys/appliance-signing`) and its public key.
+    /// The signing key the images trust (`build/test-keys/appliance-signing`).
     pub key: PathBuf,
-    pub public_key: PathBuf,
 }
 
 impl Built {
@@ -240,7 +245,6 @@ pub fn update_images() -> &'static UpdateImages {
                 v2,
                 v3,
                 key,
-                public_key,
             })
         })()
         .map_err(|e| format!("building the update test images failed: {e:#}"))

@@ -3,8 +3,6 @@
 //! AAVMF (the same checks as x86_64), and its Raspberry Pi boot files are checked the way the
 //! Pi firmware reads them; QEMU cannot boot Debian's kernel on its `raspi4b` machine.
 
-mod common;
-
 use std::io::Write;
 use std::time::Duration;
 
@@ -23,7 +21,7 @@ fn arm64_raspberry_pi_image_builds_boots_on_virt_and_has_pi_boot_files() {
     ]
     .map(String::from);
     let out = test_image::build_dir().join("test-out-arm64");
-    let b = common::build_image(&overrides, &out)
+    let b = crate::common::build_image(&overrides, &out)
         .unwrap_or_else(|e| panic!("the arm64 build failed: {e:#}"));
     assert_eq!(b.manifest["arch"], "arm64");
     assert_eq!(b.manifest["board"], "raspberry-pi");
@@ -41,12 +39,13 @@ fn arm64_raspberry_pi_image_builds_boots_on_virt_and_has_pi_boot_files() {
     // Boots (UEFI on virt, first and second boot of a grown disk) and the Pi structural check,
     // as `appliance test IMAGE --no-tamper --timeout 600` runs them.
     appliance::doctor::require("tests").unwrap_or_else(|e| panic!("{e:#}"));
+    let _one = test_image::one_boot_at_a_time();
     let report = check_image(
         &b.image,
         &[Firmware::Uefi, Firmware::Bios],
         false,
         Duration::from_secs(600),
-        &common::workdir("arm64"),
+        &crate::common::workdir("arm64"),
         false,
     )
     .unwrap_or_else(|e| panic!("{e:#}"));

@@ -3,16 +3,14 @@
 //! serial console with a power cut, and the same with Jitsi's own packages where they can be
 //! had. Boots run one at a time.
 
-mod common;
-
 use std::io::Write;
 use std::path::Path;
 
+use crate::common::{build_image, workdir, Built};
 use appliance_qemu_tests::scenarios::{self, ImageUnderTest};
 use appliance_qemu_tests::test_image::{self, BOOT_TIMEOUT};
 use appliance_qemu_tests::{Arch, Firmware};
 use appliance_scenarios::meeting::{self, SeededOutcome};
-use common::{build_image, workdir, Built};
 
 fn print_outcome(name: &str, o: &SeededOutcome) {
     let mut err = std::io::stderr();
@@ -50,7 +48,7 @@ fn seed_scenario(b: &Built, workdir_name: &str, jitsi: bool) -> meeting::SeedSce
 #[test]
 fn meeting_server_set_up_from_a_seed_file() {
     let _t = appliance_qemu_tests::timed!();
-    let b = common::test_image();
+    let b = crate::common::test_image();
     let _one = test_image::one_boot_at_a_time();
     let o = meeting::seeded_setup(&seed_scenario(b, "meeting-seed", false))
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -60,7 +58,7 @@ fn meeting_server_set_up_from_a_seed_file() {
 #[test]
 fn setup_wizard_on_the_serial_console_survives_a_power_cut() {
     let _t = appliance_qemu_tests::timed!();
-    let b = common::test_image();
+    let b = crate::common::test_image();
     let _one = test_image::one_boot_at_a_time();
     let s = meeting::WizardScenario {
         image: b.image.clone(),

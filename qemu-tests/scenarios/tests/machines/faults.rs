@@ -4,11 +4,10 @@
 //! carrying the same image, and seed files whose passwords must not outlive setup (on machines
 //! that also show who may answer for a cloud's metadata service). Boots run one at a time.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::common::{workdir, Built};
 use anyhow::{bail, Result};
 use appliance_qemu_tests::scenarios::overlay;
 use appliance_qemu_tests::test_image::{self, BOOT_TIMEOUT};
@@ -20,7 +19,6 @@ use appliance_scenarios::meeting::{DOMAIN, HOST};
 use appliance_scenarios::metadata::MetadataStandIn;
 use appliance_scenarios::session::{machine_config, Ports, Session, Setup};
 use appliance_scenarios::ssh::{KeyAuth, KeyPair, Ssh};
-use common::{workdir, Built};
 
 /// How long a boot may take to its readiness line: a first boot from a seed file runs all of
 /// setup, which under TCG on a 2-core machine shared with other boots has taken over
@@ -52,7 +50,7 @@ fn say(line: String) {
 #[test]
 fn a_mismatched_tls_pair_is_replaced_and_an_unknown_meeting_count_keeps_the_machine_on() {
     let _t = appliance_qemu_tests::timed!();
-    let b = common::test_image();
+    let b = crate::common::test_image();
     let _one = test_image::one_boot_at_a_time();
     tls_and_power(b).unwrap_or_else(|e| panic!("{e:#}"));
 }
@@ -252,7 +250,7 @@ fn tls_and_power(b: &Built) -> Result<()> {
 #[test]
 fn a_second_disk_with_the_same_image_is_left_alone_and_the_seed_password_is_erased() {
     let _t = appliance_qemu_tests::timed!();
-    let b = common::test_image();
+    let b = crate::common::test_image();
     let _one = test_image::one_boot_at_a_time();
     second_disk(b).unwrap_or_else(|e| panic!("{e:#}"));
 }
@@ -379,7 +377,7 @@ fn check_password_gone(
 #[test]
 fn a_seed_file_that_cannot_be_used_leaves_its_password_nowhere() {
     let _t = appliance_qemu_tests::timed!();
-    let b = common::test_image();
+    let b = crate::common::test_image();
     let _one = test_image::one_boot_at_a_time();
     bad_seeds(b).unwrap_or_else(|e| panic!("{e:#}"));
 }

@@ -2,15 +2,15 @@
 //! image signed by a test key (`common::update_images`): v2 differs from v1 in its version and
 //! one overlay file, v3 also has a unit that always fails. Boots run one at a time.
 
-mod common;
-
 use std::io::Write;
 use std::time::Instant;
 
+use crate::common::{
+    update_images, workdir, UpdateImages, CHANGED_FILE, UNHEALTHY_UNIT, V1, V2, V3,
+};
 use appliance_qemu_tests::test_image::{self, BOOT_TIMEOUT};
 use appliance_qemu_tests::Firmware;
 use appliance_scenarios::update::{update_scenario, Bundle, UpdateOutcome, UpdateScenario};
-use common::{update_images, workdir, UpdateImages, CHANGED_FILE, UNHEALTHY_UNIT, V1, V2, V3};
 
 fn print_outcome(name: &str, o: &UpdateOutcome, started: Instant) {
     let mut err = std::io::stderr();
