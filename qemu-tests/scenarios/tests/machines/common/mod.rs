@@ -240,12 +240,7 @@ pub fn update_images() -> &'static UpdateImages {
             let v3 = built.pop().expect("three builds");
             let v2 = built.pop().expect("three builds");
             let v1 = built.pop().expect("three builds");
-            Ok(UpdateImages {
-                v1,
-                v2,
-                v3,
-                key,
-            })
+            Ok(UpdateImages { v1, v2, v3, key })
         })()
         .map_err(|e| format!("building the update test images failed: {e:#}"))
     });
