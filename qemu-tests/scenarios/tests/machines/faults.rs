@@ -48,6 +48,11 @@ fn say(line: String) {
 }
 
 #[test]
+#[ignore = "two boots and three idle checks (about 9 minutes, 12 beside the arm64 build) would take \
+            .ci/run past its time limit; setup's host tests cover both faults on every run \
+            (boot::tests::a_mismatched_tls_pair_is_repaired_before_nginx_starts, \
+            power::tests::when_prosody_cannot_tell_the_machine_stays_on); run it with \
+            `cargo test --release -p appliance-scenarios --test machines -- --ignored tls_pair`"]
 fn a_mismatched_tls_pair_is_replaced_and_an_unknown_meeting_count_keeps_the_machine_on() {
     let _t = appliance_qemu_tests::timed!();
     let b = crate::common::test_image();
