@@ -346,9 +346,12 @@ pub fn update_scenario(s: &UpdateScenario) -> Result<UpdateOutcome> {
             m.step("copying the v1 bundle", |m| upload(&m.ssh, &v1.path))
         })?;
         m.step("the downgrade to v1 is refused", |m| {
-            let before = slot_digest(&m.ssh, "a")?;
+            let before = slot_start_digest(&m.ssh, "a")?;
             let text = refused(&m.ssh, v1, &["older than the running"])?;
-            unchanged(&m.ssh, "a", &before, "the downgrade")?;
+            let after = slot_start_digest(&m.ssh, "a")?;
+            if after != before {
+                bail!("the downgrade changed the machine:\nbefore:\n{before}\nafter:\n{after}");
+            }
             m.ssh.sudo(&format!("rm {}", remote(v1)))?;
             outcome.checks.push(format!(
                 "downgrade refused, slot a unchanged: {}",
@@ -561,6 +564,16 @@ fn apply_and_restart(m: &Session, b: &Bundle) -> Result<()> {
 fn slot_digest(ssh: &Ssh, slot: &str) -> Result<String> {
     ssh.sudo(&format!(
         "sh -c 'sha256sum /dev/disk/by-partlabel/root-{slot} /dev/disk/by-partlabel/verity-{slot} /dev/disk/by-partlabel/esp; sha256sum /data/appliance/update.toml 2>&1 || true'"
+    ))
+}
+
+/// The first 64 MiB of `slot`'s root, its whole verity partition and update.toml: enough to
+/// see a write, since `update apply` writes a slot from its first byte, in a fraction of the
+/// time [`slot_digest`] takes under TCG (minutes for the whole 1 GiB root). The refused
+/// bundles are compared with the whole slot once; this serves the downgrade.
+fn slot_start_digest(ssh: &Ssh, slot: &str) -> Result<String> {
+    ssh.sudo(&format!(
+        "sh -c 'head -c 67108864 /dev/disk/by-partlabel/root-{slot} | sha256sum; sha256sum /dev/disk/by-partlabel/verity-{slot}; sha256sum /data/appliance/update.toml 2>&1 || true'"
     ))
 }
 
