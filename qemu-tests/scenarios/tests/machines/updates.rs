@@ -105,7 +105,7 @@ fn uefi_update_refusals_and_fallback() {
 /// GRUB starts v2 again by itself; `update status` says why. What does not depend on the boot
 /// loader (refusals, the downgrade, the power cut) is left to the UEFI test.
 #[test]
-#[ignore = "four more boots (about 12 minutes alone, 25 on a busy machine) would take .ci/run past \
+#[ignore = "four more boots (8 minutes alone, 25 on a busy machine) would take .ci/run past \
             its time limit; run it with `cargo test --release -p appliance-scenarios --test machines \
             -- --ignored bios_update`"]
 fn bios_update_and_fallback() {
