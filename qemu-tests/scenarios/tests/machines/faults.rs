@@ -13,7 +13,7 @@ use appliance_qemu_tests::scenarios::overlay;
 use appliance_qemu_tests::test_image::{self, BOOT_TIMEOUT};
 use appliance_qemu_tests::{Arch, ExtraDisk};
 use appliance_scenarios::checks::check_https;
-use appliance_scenarios::disk::{copy_with_seed, region_contains, region_digest, sparse_copy};
+use appliance_scenarios::disk::{copy_with_seed, region_contains, region_digest};
 use appliance_scenarios::http::Trust;
 use appliance_scenarios::meeting::{DOMAIN, HOST};
 use appliance_scenarios::metadata::MetadataStandIn;
@@ -272,28 +272,30 @@ fn second_disk(b: &Built) -> Result<()> {
     let started = Instant::now();
     let dir = workdir("faults-second-disk");
     let key = KeyPair::generate("faults")?;
-    let password = "Second-Disk-Orchid-Lamp-93";
-    // Both disks raw, so their partitions can be read back from here at their offsets.
-    let first_disk = dir.join("first.raw");
-    copy_with_seed(
-        &b.image,
-        b.offset("esp"),
-        &seed(&key, password)?,
-        &first_disk,
-    )?;
+    // Both disks carry the image and a seed file, each with its own password: the root is found
+    // by partition UUID, which both share, so udev decides which disk it comes from (see
+    // docs/security.md). Whichever it is, that disk's seed sets the machine up, /data is its
+    // data partition, and the other disk is not written at all, its seed file included.
+    let disks = [
+        ("vda", dir.join("first.raw"), "First-Disk-Orchid-Lamp-93"),
+        ("vdb", dir.join("second.raw"), "Second-Disk-Cedar-Kite-47"),
+    ];
     let (esp_at, esp_len) = region(b, "esp");
-    if !region_contains(&first_disk, esp_at, esp_len, password.as_bytes())? {
-        bail!("the seed's password is not on the first disk's ESP before the boot: this check would prove nothing");
+    let mut untouched = Vec::new();
+    for (_, disk, password) in &disks {
+        copy_with_seed(&b.image, esp_at, &seed(&key, password)?, disk)?;
+        if !region_contains(disk, esp_at, esp_len, password.as_bytes())? {
+            bail!("the seed's password is not on {}'s ESP before the boot: this check would prove nothing", disk.display());
+        }
+        untouched.push(region_digest(disk, 0, std::fs::metadata(disk)?.len())?);
     }
-    let second_disk = dir.join("second.raw");
-    sparse_copy(&b.image, &second_disk)?;
     let (data_at, data_len) = region(b, "data");
-    let untouched = region_digest(&second_disk, 0, std::fs::metadata(&second_disk)?.len())?;
     let ports = Ports::free()?;
-    let mut cfg = machine_config(Arch::X86_64, &first_disk, dir.join("boot"), ports);
+    // Both disks raw, so their partitions can be read back from here at their offsets.
+    let mut cfg = machine_config(Arch::X86_64, &disks[0].1, dir.join("boot"), ports);
     cfg.disk_format = "raw".into();
     cfg.extra_disks = vec![ExtraDisk {
-        path: second_disk.clone(),
+        path: disks[1].1.clone(),
         format: "raw".into(),
     }];
     let ssh = Ssh::new(ports.ssh, "admin", key.private.clone());
@@ -310,40 +312,54 @@ fn second_disk(b: &Built) -> Result<()> {
         m.seconds_to_ready
     ));
     m.wait_for_ssh()?;
-    m.step("/data is the first disk's data partition", |m| {
+    let root_disk = m.step("/data is the data partition of the disk the root came from", |m| {
         let source = m.ssh.sudo("findmnt -n -o SOURCE /data")?;
         let link = m.ssh.sudo("readlink -f /dev/disk/appliance/data")?;
         let root_disk = m.ssh.sudo("/usr/lib/appliance/root-disk")?;
         let (source, link, root_disk) = (source.trim(), link.trim(), root_disk.trim());
-        if root_disk != "vda" {
-            bail!("the system was started from {root_disk}, not the first disk vda");
+        if !disks.iter().any(|(name, _, _)| *name == root_disk) {
+            bail!("the system was started from {root_disk}, neither vda nor vdb");
         }
-        if !link.starts_with("/dev/vda") || source != link {
-            bail!("/data is mounted from {source}; /dev/disk/appliance/data is {link}; both must be the first disk's (vda) data partition");
+        if !link.starts_with(&format!("/dev/{root_disk}")) || source != link {
+            bail!("/data is mounted from {source}; /dev/disk/appliance/data is {link}; both must be the data partition of {root_disk}, the disk the root came from");
         }
-        say(format!("ok: /data is {source} (/dev/disk/appliance/data), on the disk the system started from"));
-        Ok(())
+        say(format!("ok: the root came from {root_disk}; /data is {source} (/dev/disk/appliance/data), on the same disk"));
+        Ok(root_disk.to_string())
     })?;
     let console = m.machine().console_log_path();
     m.power_off_cleanly()?;
-    let after = region_digest(&second_disk, 0, std::fs::metadata(&second_disk)?.len())?;
-    if after != untouched {
-        let data_changed = region_digest(&second_disk, data_at, data_len)?
-            != region_digest(&b.image, data_at, data_len)?;
-        bail!(
-            "the second disk was written to (its data partition {})",
-            if data_changed { "too" } else { "unchanged" }
-        );
+    for (i, (name, disk, password)) in disks.iter().enumerate() {
+        if *name == root_disk {
+            check_password_gone(disk, esp_at, esp_len, &console, password)?;
+            say(format!(
+                "ok: {name}'s seed set the machine up; its password is on neither its ESP nor the console"
+            ));
+            continue;
+        }
+        let after = region_digest(disk, 0, std::fs::metadata(disk)?.len())?;
+        if after != untouched[i] {
+            let data_changed = region_digest(disk, data_at, data_len)?
+                != region_digest(&b.image, data_at, data_len)?;
+            bail!(
+                "{name}, the disk the root did not come from, was written to (its data partition {})",
+                if data_changed { "too" } else { "unchanged" }
+            );
+        }
+        let shown = std::fs::read(&console)?;
+        if shown
+            .windows(password.len())
+            .any(|w| w == password.as_bytes())
+        {
+            bail!("{name}'s seed password, a seed this machine must not read, is on the console");
+        }
+        say(format!(
+            "ok: {name} is byte for byte what it was: its seed file kept, its data partition unformatted"
+        ));
     }
-    say(
-        "ok: the second disk is byte for byte what it was, its data partition still unformatted"
-            .into(),
-    );
-    check_password_gone(&first_disk, esp_at, esp_len, &console, password)?;
-    say("ok: the seed's password is on neither the ESP nor the console after setup".into());
     // Kept only when a check fails.
-    std::fs::remove_file(&first_disk)?;
-    std::fs::remove_file(&second_disk)?;
+    for (_, disk, _) in &disks {
+        std::fs::remove_file(disk)?;
+    }
     say(format!(
         "second disk: {:.0} s in all",
         started.elapsed().as_secs_f64()
