@@ -10,6 +10,7 @@
 //! - [`update`]: signed A/B updates installed over SSH, refused, and failing their trial;
 //! - [`disk`]: a seed file on the ESP, and the data partition read back after power-off;
 //! - [`metadata`]: a stand-in for a cloud's metadata service, reached through QEMU;
+//! - [`channel`]: a stand-in for an update channel, a static HTTPS server on this machine;
 //! - [`seeded`]: a copy of a built image with a complete seed, for the measurement examples;
 //! - the clients and servers they use: [`ssh`], [`http`], [`xmpp`] (BOSH), [`pebble`] (Let's
 //!   Encrypt's test server), [`dns`].
@@ -17,6 +18,7 @@
 //! This crate links TLS (OpenSSL through `ureq`): keeping it out of the harness keeps it out of
 //! the `appliance` binary.
 
+pub mod channel;
 pub mod checks;
 pub mod disk;
 pub mod dns;

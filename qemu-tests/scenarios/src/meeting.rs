@@ -70,12 +70,13 @@ pub struct SeedScenario {
 /// through HTTP-01, logs the host in and guests only anonymously on the guest domain, lets SSH in
 /// with the seeded key only; after a reboot nothing is asked and nothing changed, and its
 /// powered-off disk holds no record of use; a second machine from the same image gets secrets
-/// and host keys of its own, and powers itself off once unused.
+/// and host keys of its own, and powers itself off once unused; a third, freshly written one
+/// becomes the first through its backup.
 pub fn seeded_setup(s: &SeedScenario) -> Result<SeededOutcome> {
     let mut outcome = SeededOutcome::default();
     let f = SeedFixture::prepare(s)?;
     let id_a = machine_a_first_boot(s, &f, &mut outcome)?;
-    let id_a2 = machine_a_second_boot(s, &f, &mut outcome)?;
+    let (id_a2, backup) = machine_a_second_boot(s, &f, &mut outcome)?;
     no_records_on_the_data_partition(s, &f, &mut outcome)?;
     if id_a2 != id_a {
         bail!("secrets or host keys changed across a reboot: {id_a:?} then {id_a2:?}");
@@ -84,6 +85,7 @@ pub fn seeded_setup(s: &SeedScenario) -> Result<SeededOutcome> {
         .checks
         .push("second boot: no wizard, same secrets, host still logs in".into());
     machine_b(s, &f, &id_a, &mut outcome)?;
+    machine_c_restored(s, &f, &backup, &id_a, &mut outcome)?;
     Ok(outcome)
 }
 
@@ -245,12 +247,13 @@ fn seed_file_removed(ssh: &Ssh) -> Result<()> {
     Ok(())
 }
 
-/// Second boot: nothing is asked again, the state is still there.
+/// Second boot: nothing is asked again, the state is still there. Returns the machine's
+/// identity and a backup of it (made with [`BACKUP_PASSPHRASE`]) for machine C.
 fn machine_a_second_boot(
     s: &SeedScenario,
     f: &SeedFixture,
     outcome: &mut SeededOutcome,
-) -> Result<Identity> {
+) -> Result<(Identity, Vec<u8>)> {
     let a = f.boot_a(s, "a-boot2", "machine A, second boot")?;
     outcome.seconds_to_ready.push(a.seconds_to_ready);
     a.wait_for_ssh()?;
@@ -269,8 +272,107 @@ fn machine_a_second_boot(
         check_xmpp(m.ports, DOMAIN, &Trust::Pem(roots), HOST, HOST_PASSWORD)
     })?;
     let id = a.step("the machine's identity", |m| identity(&m.ssh))?;
+    let backup = a.step("a backup, as docs/first-boot.md makes one", |m| {
+        create_backup(&m.ssh)
+    })?;
     a.power_off_cleanly()?;
-    Ok(id)
+    Ok((id, backup))
+}
+
+/// The passphrase of machine A's backup.
+const BACKUP_PASSPHRASE: &str = "Harbour-Violet-Stapler-62";
+
+/// `appliance-admin backup create --out - --passphrase-stdin` over SSH, as in
+/// docs/first-boot.md ("Moving to another machine"): the passphrase in, the archive out.
+fn create_backup(ssh: &Ssh) -> Result<Vec<u8>> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = ssh
+        .command("sudo -n appliance-admin backup create --out - --passphrase-stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting ssh")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{BACKUP_PASSPHRASE}").context("writing the passphrase to ssh")?;
+    }
+    let out = child.wait_with_output().context("running ssh")?;
+    if !out.status.success() || out.stdout.is_empty() {
+        bail!(
+            "backup create failed ({}, {} bytes out): {}",
+            out.status,
+            out.stdout.len(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// Machine C: the same image, started with a seed that only gives the SSH key (so it waits
+/// for the wizard), restored from machine A's backup as docs/first-boot.md says. It must then
+/// be machine A: the host logs in with A's password, HTTPS serves the certificate A got from
+/// the ACME server, and its secrets and SSH host key are A's.
+fn machine_c_restored(
+    s: &SeedScenario,
+    f: &SeedFixture,
+    backup: &[u8],
+    id_a: &Identity,
+    outcome: &mut SeededOutcome,
+) -> Result<()> {
+    let seeded_c = s.workdir.join("seeded-c.raw");
+    let seed_c = format!("ssh_authorized_keys = [{:?}]\n", f.key.public_line()?);
+    copy_with_seed(&s.image, s.esp_offset, &seed_c, &seeded_c)?;
+    let disk_c = s.workdir.join("machine-c.qcow2");
+    overlay(&seeded_c, &disk_c, DISK_BYTES)?;
+    let ports = Ports::free()?;
+    let cfg = machine_config(s.arch, &disk_c, s.workdir.join("c-boot1"), ports);
+    let c = Session::boot(
+        "machine C, freshly written, for the restore",
+        &cfg,
+        ports,
+        f.ssh(ports.ssh),
+        Setup::Pending,
+        s.boot_timeout,
+    )?;
+    outcome.seconds_to_ready.push(c.seconds_to_ready);
+    c.wait_for_ssh()?;
+    let input = s.workdir.join("restore-input");
+    let mut bytes = format!("{BACKUP_PASSPHRASE}\n").into_bytes();
+    bytes.extend_from_slice(backup);
+    std::fs::write(&input, bytes)?;
+    let said = c.step("backup restore - --passphrase-stdin", |m| {
+        m.ssh.run_with_input(
+            "sudo -n appliance-admin backup restore - --passphrase-stdin 2>&1",
+            &input,
+        )
+    })?;
+    std::fs::remove_file(&input)?;
+    if !said.contains(&format!("now serves {DOMAIN} with the hosts {HOST}")) {
+        bail!("the restore did not say it serves {DOMAIN} with host {HOST}: {said}");
+    }
+    let roots = c.step("Pebble's issuing CA", |_| f.pebble.issuer_roots_pem())?;
+    c.step("HTTPS with machine A's certificate", |m| {
+        check_https(m.ports, DOMAIN, &Trust::Pem(roots.clone())).map(drop)
+    })?;
+    c.step("machine A's host logs in", |m| {
+        check_xmpp(
+            m.ports,
+            DOMAIN,
+            &Trust::Pem(roots.clone()),
+            HOST,
+            HOST_PASSWORD,
+        )
+    })?;
+    let id_c = c.step("the machine's identity", |m| identity(&m.ssh))?;
+    if id_c != *id_a {
+        bail!("after the restore machine C is {id_c:?}, not machine A ({id_a:?})");
+    }
+    c.power_off_cleanly()?;
+    outcome.checks.push(format!(
+        "backup of machine A restored on a fresh machine C: {HOST} logs in, A's certificate, secrets and SSH host key"
+    ));
+    Ok(())
 }
 
 /// Machine A's data partition, read after its clean power-off, holds no record of use.

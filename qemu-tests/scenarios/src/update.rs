@@ -2,7 +2,9 @@
 //! installs a newer version over SSH with `appliance-admin update apply --reboot` and keeps its
 //! accounts, host key and certificate; refused bundles (changed, signed by another key, for the
 //! other architecture, older) write nothing; a version that is not healthy on its trial boot is
-//! left by the machine itself, which comes back on the version before.
+//! left by the machine itself, which comes back on the version before. With an update channel
+//! ([`UpdateScenario::channel`]) that version comes from the channel instead: installed while a
+//! host is in a meeting, and started only once the room is empty.
 //!
 //! The bundles are the build's own. The refused ones are made from them here: a byte of the root
 //! changed, or `bundle.json` signed again (with `ssh-keygen -Y sign`, as a person would) and put
@@ -20,10 +22,11 @@ use appliance_qemu_tests::{boot_and_report, Arch, Firmware, Machine};
 use appliance_spec::bundle::{BundleManifest, MANIFEST, ROOT, SIGNATURE};
 use appliance_spec::signature::NAMESPACE_UPDATE;
 
+use crate::channel::ChannelServer;
 use crate::checks::check_xmpp;
 use crate::disk::copy_with_seed;
 use crate::http::Trust;
-use crate::meeting::{DOMAIN, HOST, HOST_PASSWORD};
+use crate::meeting::{hold_meeting, DOMAIN, HOST, HOST_PASSWORD, ROOM};
 use crate::session::{machine_config, Ports, Session, Setup};
 use crate::ssh::{KeyPair, Ssh};
 
@@ -189,6 +192,9 @@ pub struct UpdateScenario {
     /// Also the checks that do not depend on the firmware: refused bundles, the downgrade and
     /// the power cut while writing. Without them: v1 -> v2 -> v3's failed trial -> v2.
     pub firmware_independent_checks: bool,
+    /// The update channel the images name in `[updates] url`, serving v3: v3 then comes from
+    /// there (appliance-update.service) instead of over SSH.
+    pub channel: Option<&'static ChannelServer>,
     pub workdir: PathBuf,
     pub boot_timeout: Duration,
 }
@@ -362,16 +368,57 @@ pub fn update_scenario(s: &UpdateScenario) -> Result<UpdateOutcome> {
     }
 
     // v3 is not healthy: its health check restarts the machine, which comes back on v2.
-    outcome.timed("copying the v3 bundle over SSH", || {
-        m.step("copying the v3 bundle", |m| upload(&m.ssh, &v3.path))
-    })?;
-    outcome.timed("update apply v3 until QEMU stops for the restart", || {
-        m.step("update apply v3 --reboot", |m| apply_and_restart(m, v3))?;
-        m.wait_for_power_off(
-            "the machine restarts into v3 (QEMU runs with -no-reboot)",
-            Duration::from_secs(120),
-        )
-    })?;
+    if let Some(channel) = s.channel {
+        let open = channel.open();
+        let waited = outcome.timed(
+            "the channel's v3 installed while a host is in a room",
+            || {
+                m.step(
+                    "appliance-update.service during a meeting: v3 installed, the restart waits",
+                    |m| installed_from_the_channel_during_a_meeting(m, v3),
+                )
+            },
+        )?;
+        outcome.checks.push(format!(
+            "channel: v3 downloaded, verified and armed during a meeting; the machine stayed on: {waited}"
+        ));
+        outcome.timed(
+            "appliance-update.service after the meeting until QEMU stops",
+            || {
+                m.step("appliance-update.service once the room is empty", |m| {
+                    m.ssh
+                        .sudo("systemctl start --no-block appliance-update.service")
+                        .map(drop)
+                })?;
+                m.wait_for_power_off(
+                "the machine restarts into v3 once the meeting is over (QEMU runs with -no-reboot)",
+                Duration::from_secs(180),
+            )
+            },
+        )?;
+        drop(open);
+        let asked = channel.requests();
+        for name in ["index.json", "index.json.sig", v3.file_name().as_str()] {
+            let want = format!("GET /channel/{name} 200");
+            if !asked.contains(&want) {
+                bail!("the channel was not asked for {name}: {asked:?}");
+            }
+        }
+        outcome.checks.push(
+            "channel: once the room was empty the machine restarted into v3 by itself".into(),
+        );
+    } else {
+        outcome.timed("copying the v3 bundle over SSH", || {
+            m.step("copying the v3 bundle", |m| upload(&m.ssh, &v3.path))
+        })?;
+        outcome.timed("update apply v3 until QEMU stops for the restart", || {
+            m.step("update apply v3 --reboot", |m| apply_and_restart(m, v3))?;
+            m.wait_for_power_off(
+                "the machine restarts into v3 (QEMU runs with -no-reboot)",
+                Duration::from_secs(120),
+            )
+        })?;
+    }
     let t = Instant::now();
     v3_fails_its_trial(s, &f, v3)?;
     outcome
@@ -414,11 +461,74 @@ pub fn update_scenario(s: &UpdateScenario) -> Result<UpdateOutcome> {
         check_xmpp(m.ports, DOMAIN, &Trust::Pem(cert(m)?), HOST, HOST_PASSWORD).map(|_| ())
     })?;
     if s.firmware_independent_checks {
+        if s.channel.is_some() {
+            // The channel's download is deleted once installed.
+            outcome.timed("copying the v3 bundle over SSH", || {
+                m.step("copying the v3 bundle", |m| upload(&m.ssh, &v3.path))
+            })?;
+        }
         power_cut_while_writing(m, s, &f, v3, &mut outcome)?;
     } else {
         m.power_off_cleanly()?;
     }
     Ok(outcome)
+}
+
+/// Runs appliance-update.service (what its hourly timer starts) while a host is in a room: it
+/// must download `b` from the channel, install and arm it, and leave the machine running,
+/// saying why. Returns what it said.
+fn installed_from_the_channel_during_a_meeting(m: &Session, b: &Bundle) -> Result<String> {
+    let ran = std::thread::scope(|scope| -> Result<std::process::Output> {
+        let mut job = None;
+        // The check starts once the host is in the room, and the host stays until it ends.
+        hold_meeting(&m.ssh, m.ports, &Trust::AcceptAny, ROOM, u32::MAX, || {
+            let j = job.get_or_insert_with(|| {
+                scope.spawn(|| {
+                    m.ssh
+                        .run("sudo -n systemctl start appliance-update.service")
+                })
+            });
+            !j.is_finished()
+        })?;
+        match job {
+            Some(j) => j
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread running the update check panicked"))?,
+            None => bail!("the host never got into the room"),
+        }
+    })?;
+    let journal = m
+        .ssh
+        .sudo("journalctl -b --no-pager -o cat -u appliance-update.service")?;
+    if !ran.status.success() {
+        bail!(
+            "appliance-update.service failed ({}):\n{}{journal}",
+            ran.status,
+            String::from_utf8_lossy(&ran.stderr)
+        );
+    }
+    let installed = format!("version {} is installed;", b.manifest.version);
+    let waits = "in a meeting, so the restart waits";
+    let said = journal
+        .lines()
+        .find(|l| l.contains(&installed) && l.contains(waits))
+        .with_context(|| {
+            format!("the update check did not say {installed:?} … {waits:?}:\n{journal}")
+        })?
+        .to_string();
+    if m.machine().wait_for_exit(Duration::ZERO).is_ok() {
+        bail!("the machine restarted while a host was in a meeting");
+    }
+    let st = status(&m.ssh)?;
+    if st["attempt"]["state"] != "armed"
+        || st["attempt"]["version"] != b.manifest.version.to_string()
+    {
+        bail!(
+            "after the channel's update check v3 is not armed: {}",
+            serde_json::to_string_pretty(&st)?
+        );
+    }
+    Ok(said)
 }
 
 /// Whether the running root has the file v2 added in its overlay, as `expected`.

@@ -136,7 +136,12 @@ fn restart_when_allowed(ctx: &mut Ctx, machine: &Machine, version: &str) -> Resu
             Ok(CheckOutcome::Restarting)
         }
         Ok(n) => Ok(CheckOutcome::Waiting(format!(
-            "version {version} is installed; {n} people are in a meeting, so the restart waits"
+            "version {version} is installed; {} in a meeting, so the restart waits",
+            if n == 1 {
+                "1 person is".to_string()
+            } else {
+                format!("{n} people are")
+            }
         ))),
         Err(why) => Ok(CheckOutcome::Waiting(format!(
             "version {version} is installed; whether a meeting is in progress cannot be told ({why}), so the restart waits"
@@ -496,6 +501,7 @@ mod tests {
         set_channel(&paths, Some(&open));
         for (people, said) in [
             (Some(3), "3 people are in a meeting"),
+            (Some(1), "1 person is in a meeting"),
             (None, "cannot be told"),
         ] {
             let mut r = runner(BTreeMap::new(), people);

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::common::{
-    update_images, workdir, UpdateImages, CHANGED_FILE, UNHEALTHY_UNIT, V1, V2, V3,
+    update_channel, update_images, workdir, UpdateImages, CHANGED_FILE, UNHEALTHY_UNIT, V1, V2, V3,
 };
 use appliance_qemu_tests::test_image::{self, BOOT_TIMEOUT};
 use appliance_qemu_tests::Firmware;
@@ -47,6 +47,8 @@ fn scenario(
         unhealthy_unit: UNHEALTHY_UNIT.into(),
         changed_file: CHANGED_FILE.into(),
         firmware_independent_checks,
+        // The channel does not depend on the firmware either.
+        channel: firmware_independent_checks.then(update_channel),
         workdir: workdir(name),
         boot_timeout: BOOT_TIMEOUT,
     }
@@ -87,8 +89,10 @@ fn signed_versions_build_into_bundles() {
 /// UEFI: v1 set up from a seed file; bundles with a changed byte, another signer or another
 /// architecture are refused and write nothing; v1 -> v2 over SSH with --reboot, committed by the
 /// health check, with the same host account, SSH host key and certificate; the downgrade to v1
-/// is refused; v3 fails its trial and the machine comes back on v2 by itself, saying why; the
-/// power goes while v3 is written again, v2 still runs, and the next `update apply` works.
+/// is refused; v3 comes from the update channel, installed while a host is in a meeting and
+/// started once the room is empty; it fails its trial and the machine comes back on v2 by
+/// itself, saying why; the power goes while v3 is written again, v2 still runs, and the next
+/// `update apply` works.
 #[test]
 fn uefi_update_refusals_and_fallback() {
     let _t = appliance_qemu_tests::timed!();

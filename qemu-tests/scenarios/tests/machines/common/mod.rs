@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use appliance::build::{build, BuildOptions};
 use appliance::config::{Arch, Config};
 use appliance_qemu_tests::test_image;
+use appliance_scenarios::channel::{self, ChannelServer, TestCa};
 
 /// A finished build: the raw image, its output directory and its manifest.
 pub struct Built {
@@ -198,10 +199,39 @@ fn signed_overrides(key: &Path, public: &Path, version: &str) -> Result<Vec<Stri
     o.push(format!("image.version=\"{version}\""));
     o.push(format!("signing.key=\"{}\"", key.display()));
     o.push(format!("updates.trusted_keys=[\"{}\"]", public.display()));
+    // The update channel stand-in, which serves v3 (see [`update_channel`]).
+    o.push(format!("updates.url=\"{}\"", channel::url()));
+    o.push(format!(
+        "updates.ca_certificate=\"{}\"",
+        channel_ca()?.cert_pem.display()
+    ));
     // `--profile dev`'s fast compression: three roots at the default level would add minutes,
     // and what these tests check does not depend on it.
     o.push("root.compression_level=1".into());
     Ok(o)
+}
+
+/// The CA of the update channel stand-in, kept in `build/test-keys` so that the images that
+/// trust it stay the same from one run to the next.
+fn channel_ca() -> Result<TestCa> {
+    TestCa::load_or_make(&test_image::build_dir().join("test-keys"))
+}
+
+/// The update channel the signed test images name (`[updates] url`), serving v3's build output
+/// (`index.json`, its signature and the bundle) on 127.0.0.1:[`channel::PORT`], closed until a
+/// scenario opens it. Started once per test binary.
+pub fn update_channel() -> &'static ChannelServer {
+    static SERVER: OnceLock<Result<ChannelServer, String>> = OnceLock::new();
+    let server = SERVER.get_or_init(|| {
+        let v3 = &update_images().v3;
+        channel_ca()
+            .and_then(|ca| ChannelServer::start(&ca, &v3.out, channel::PORT))
+            .map_err(|e| format!("the update channel stand-in did not start: {e:#}"))
+    });
+    match server {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// v1, v2 and v3 of the test image, signed with the test key, built once per test binary into
