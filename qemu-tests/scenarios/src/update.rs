@@ -870,7 +870,10 @@ fn v3_fails_its_trial(s: &UpdateScenario, f: &Fixture, v3: &Bundle) -> Result<()
         "update: version {} (slot a) is not healthy on its trial boot",
         v3.manifest.version
     );
-    let line = machine.wait_for_line(&not_healthy, Duration::from_secs(420))?;
+    // The whole line: its reason comes last, and may still be arriving.
+    let line = machine
+        .wait_for_complete_line(&[&not_healthy], Duration::from_secs(420))?
+        .line;
     if !line.contains(&s.unhealthy_unit) {
         return Err(explain(
             anyhow::anyhow!(
