@@ -191,8 +191,10 @@ impl ChannelServer {
             for stream in listener.incoming().flatten() {
                 let (acceptor, o, r, dir) = (acceptor.clone(), o.clone(), r.clone(), dir.clone());
                 std::thread::spawn(move || {
-                    if let Ok(tls) = acceptor.accept(stream) {
-                        let line = serve(tls, &dir, o.load(Ordering::SeqCst));
+                    if let Ok(mut tls) = acceptor.accept(stream) {
+                        let line = serve(&mut tls, &dir, o.load(Ordering::SeqCst));
+                        // Logged before the connection closes, so a client that has read the
+                        // whole answer finds its request in the log.
                         if let Ok(mut log) = r.lock() {
                             log.push(line);
                         }
@@ -224,10 +226,10 @@ impl ChannelServer {
 }
 
 /// Answers one request; returns the request line and the status.
-fn serve(mut tls: openssl::ssl::SslStream<TcpStream>, dir: &Path, open: bool) -> String {
+fn serve(tls: &mut openssl::ssl::SslStream<TcpStream>, dir: &Path, open: bool) -> String {
     let mut request = String::new();
     {
-        let mut reader = BufReader::new((&mut tls).take(16 * 1024));
+        let mut reader = BufReader::new(Read::by_ref(tls).take(16 * 1024));
         if reader.read_line(&mut request).is_err() {
             return "unreadable request".into();
         }
@@ -245,10 +247,10 @@ fn serve(mut tls: openssl::ssl::SslStream<TcpStream>, dir: &Path, open: bool) ->
         .map(|n| dir.join(n))
         .filter(|f| f.is_file());
     let status = match (method, open, &file) {
-        ("GET", false, _) => reply(&mut tls, "503 Service Unavailable", None),
-        ("GET", true, Some(f)) => reply(&mut tls, "200 OK", Some(f)),
-        ("GET", true, None) => reply(&mut tls, "404 Not Found", None),
-        _ => reply(&mut tls, "405 Method Not Allowed", None),
+        ("GET", false, _) => reply(tls, "503 Service Unavailable", None),
+        ("GET", true, Some(f)) => reply(tls, "200 OK", Some(f)),
+        ("GET", true, None) => reply(tls, "404 Not Found", None),
+        _ => reply(tls, "405 Method Not Allowed", None),
     };
     format!("{method} {path} {status}")
 }

@@ -105,8 +105,11 @@ fn serve(
             Err(_) => continue, // timeout: check `stop`
         };
         if let Some(reply) = answer(&buf[..n], &table) {
-            if socket.send_to(&reply, peer).is_ok() {
-                answered.fetch_add(1, Ordering::SeqCst);
+            // Counted before the reply leaves: a client that got it and then asks
+            // `queries_answered` must find it counted.
+            answered.fetch_add(1, Ordering::SeqCst);
+            if socket.send_to(&reply, peer).is_err() {
+                answered.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
