@@ -189,13 +189,13 @@ pub struct UpdateScenario {
     pub unhealthy_unit: String,
     /// A file in the root of v2 and v3 that v1 does not have (their overlay change).
     pub changed_file: String,
-    /// Also the checks that do not depend on the firmware: refused bundles, the downgrade and
-    /// the power cut while writing. Without them: v1 -> v2 -> v3's failed trial -> v2.
-    pub firmware_independent_checks: bool,
-    /// The firmware of v2's trial boot. The disk carries both boot loaders and `update apply`
-    /// arms a trial in both, so a UEFI scenario can let GRUB (SeaBIOS) run v2's trial and
-    /// commit it, and then check that systemd-boot starts the committed version.
-    pub v2_trial_firmware: Firmware,
+    /// The firmware of the two trials the other boot loader runs: v2's (committed) and v3's
+    /// second (not healthy, so the firmware falls back). The disk carries both boot loaders and
+    /// `update apply` arms a trial in both, so with UEFI as [`UpdateScenario::firmware`] and
+    /// SeaBIOS here, systemd-boot's tries counter and GRUB's environment block each commit a
+    /// trial and each fall back from one, in one machine, and each later boot shows that the
+    /// other boot loader saw what happened.
+    pub trial_firmware: Firmware,
     /// The update channel the images name in `[updates] url`, serving v3: v3 then comes from
     /// there (appliance-update.service) instead of over SSH.
     pub channel: Option<&'static ChannelServer>,
@@ -274,8 +274,8 @@ impl Fixture {
 
 /// v1 set up from a seed file; changed bundles refused; v1 -> v2 over SSH, kept what must be
 /// kept; the downgrade refused; v3 fails its trial and the machine comes back on v2 by itself;
-/// a power cut while v3 is written again, then installed. The refusals, the downgrade and the
-/// power cut only with [`UpdateScenario::firmware_independent_checks`].
+/// a power cut while v3 is written again, then installed; v3's second trial, run by the other
+/// boot loader, fails too and that boot loader comes back on v2 by itself.
 pub fn update_scenario(s: &UpdateScenario) -> Result<UpdateOutcome> {
     let mut outcome = UpdateOutcome::default();
     let _ = std::fs::remove_dir_all(&s.workdir);
@@ -318,11 +318,9 @@ pub fn update_scenario(s: &UpdateScenario) -> Result<UpdateOutcome> {
     outcome.timed("copying the v2 bundle over SSH", || {
         m.step("copying the v2 bundle", |m| upload(&m.ssh, &v2.path))
     })?;
-    if s.firmware_independent_checks {
-        m.step("refused bundles write nothing", |m| {
-            refusals(m, s, v2, &mut outcome)
-        })?;
-    }
+    m.step("refused bundles write nothing", |m| {
+        refusals(m, s, v2, &mut outcome)
+    })?;
     outcome.timed("update apply v2 until QEMU stops for the restart", || {
         m.step("update apply v2 --reboot", |m| apply_and_restart(m, v2))?;
         m.wait_for_power_off(
@@ -337,9 +335,9 @@ pub fn update_scenario(s: &UpdateScenario) -> Result<UpdateOutcome> {
     // v2 on trial: committed by the health check, same accounts, host key, certificate.
     let m = f.boot_with(
         s,
-        s.v2_trial_firmware,
+        s.trial_firmware,
         "boot2-v2",
-        &format!("v2, its trial boot ({:?})", s.v2_trial_firmware),
+        &format!("v2, its trial boot ({:?})", s.trial_firmware),
     )?;
     outcome
         .boots
@@ -367,25 +365,23 @@ pub fn update_scenario(s: &UpdateScenario) -> Result<UpdateOutcome> {
     outcome.checks.push(
         "after the update: same SSH host key and certificate; alice logs in over BOSH".into(),
     );
-    if s.firmware_independent_checks {
-        outcome.timed("copying the v1 bundle over SSH", || {
-            m.step("copying the v1 bundle", |m| upload(&m.ssh, &v1.path))
-        })?;
-        m.step("the downgrade to v1 is refused", |m| {
-            let before = slot_start_digest(&m.ssh, "a")?;
-            let text = refused(&m.ssh, v1, &["older than the running"])?;
-            let after = slot_start_digest(&m.ssh, "a")?;
-            if after != before {
-                bail!("the downgrade changed the machine:\nbefore:\n{before}\nafter:\n{after}");
-            }
-            m.ssh.sudo(&format!("rm {}", remote(v1)))?;
-            outcome.checks.push(format!(
-                "downgrade refused, slot a unchanged: {}",
-                last_line(&text)
-            ));
-            Ok(())
-        })?;
-    }
+    outcome.timed("copying the v1 bundle over SSH", || {
+        m.step("copying the v1 bundle", |m| upload(&m.ssh, &v1.path))
+    })?;
+    m.step("the downgrade to v1 is refused", |m| {
+        let before = slot_start_digest(&m.ssh, "a")?;
+        let text = refused(&m.ssh, v1, &["older than the running"])?;
+        let after = slot_start_digest(&m.ssh, "a")?;
+        if after != before {
+            bail!("the downgrade changed the machine:\nbefore:\n{before}\nafter:\n{after}");
+        }
+        m.ssh.sudo(&format!("rm {}", remote(v1)))?;
+        outcome.checks.push(format!(
+            "downgrade refused, slot a unchanged: {}",
+            last_line(&text)
+        ));
+        Ok(())
+    })?;
 
     // v3 is not healthy: its health check restarts the machine, which comes back on v2.
     if let Some(channel) = s.channel {
@@ -439,17 +435,69 @@ pub fn update_scenario(s: &UpdateScenario) -> Result<UpdateOutcome> {
             )
         })?;
     }
+    let m = falls_back_to_v2(s, &f, s.firmware, "boot3-v3", "boot4-v2", &mut outcome)?;
+    m.step("XMPP login on v2 after the fallback", |m| {
+        check_xmpp(m.ports, DOMAIN, &Trust::Pem(cert(m)?), HOST, HOST_PASSWORD).map(|_| ())
+    })?;
+    if s.channel.is_some() {
+        // The channel's download is deleted once installed.
+        outcome.timed("copying the v3 bundle over SSH", || {
+            m.step("copying the v3 bundle", |m| upload(&m.ssh, &v3.path))
+        })?;
+    }
+    let m = power_cut_while_writing(m, s, &f, v3, &mut outcome)?;
+
+    // v3 armed again, its trial run by the other boot loader: it falls back by itself too.
+    m.step("restarting into v3's second trial", |m| {
+        m.ssh.run("sudo -n systemctl reboot").map(drop)
+    })?;
+    m.wait_for_power_off(
+        "the machine restarts into v3 (QEMU runs with -no-reboot)",
+        Duration::from_secs(120),
+    )?;
+    let m = falls_back_to_v2(
+        s,
+        &f,
+        s.trial_firmware,
+        "boot6-v3",
+        "boot7-v2",
+        &mut outcome,
+    )?;
+    m.power_off_cleanly()?;
+    Ok(outcome)
+}
+
+/// v3's trial boot with `firmware`, not healthy, then the boot the firmware falls back to: v2
+/// from slot b, with `update status` naming v3's failed attempt and its reason, and slot a no
+/// longer bootable. Returns that session.
+fn falls_back_to_v2(
+    s: &UpdateScenario,
+    f: &Fixture,
+    firmware: Firmware,
+    trial_dir: &str,
+    fallback_dir: &str,
+    outcome: &mut UpdateOutcome,
+) -> Result<Session> {
+    let [_, v2, v3] = &f.bundles;
     let t = Instant::now();
-    v3_fails_its_trial(s, &f, v3)?;
-    outcome
-        .boots
-        .push(("v3 (trial, not healthy)".into(), t.elapsed().as_secs_f64()));
+    v3_fails_its_trial(s, f, v3, firmware, trial_dir)?;
+    outcome.boots.push((
+        format!("v3 (trial, not healthy, {firmware:?})"),
+        t.elapsed().as_secs_f64(),
+    ));
     outcome.checks.push(format!(
-        "v3 found not healthy on its trial boot ({} failed); the machine restarted by itself",
+        "v3 found not healthy on its trial boot ({firmware:?}: {} failed); the machine restarted by itself",
         s.unhealthy_unit
     ));
-    let m = f.boot(s, "boot4-v2", "v2 again, after v3's failed trial")?;
-    outcome.boots.push(("v2 again".into(), m.seconds_to_ready));
+    let m = f.boot_with(
+        s,
+        firmware,
+        fallback_dir,
+        &format!("v2 again, after v3's failed trial ({firmware:?})"),
+    )?;
+    outcome
+        .boots
+        .push((format!("v2 again ({firmware:?})"), m.seconds_to_ready));
     m.wait_for_ssh()?;
     m.step("v2 runs from slot b again", |m| runs(m, v2, "b"))?;
     let reason = m.step("update status reports v3's failed trial", |m| {
@@ -475,23 +523,9 @@ pub fn update_scenario(s: &UpdateScenario) -> Result<UpdateOutcome> {
         Ok(reason.to_string())
     })?;
     outcome.checks.push(format!(
-        "back on v2 in slot b; update status: v3 failed: {reason}"
+        "{firmware:?}: back on v2 in slot b; update status: v3 failed: {reason}"
     ));
-    m.step("XMPP login on v2 after the fallback", |m| {
-        check_xmpp(m.ports, DOMAIN, &Trust::Pem(cert(m)?), HOST, HOST_PASSWORD).map(|_| ())
-    })?;
-    if s.firmware_independent_checks {
-        if s.channel.is_some() {
-            // The channel's download is deleted once installed.
-            outcome.timed("copying the v3 bundle over SSH", || {
-                m.step("copying the v3 bundle", |m| upload(&m.ssh, &v3.path))
-            })?;
-        }
-        power_cut_while_writing(m, s, &f, v3, &mut outcome)?;
-    } else {
-        m.power_off_cleanly()?;
-    }
-    Ok(outcome)
+    Ok(m)
 }
 
 /// Runs appliance-update.service (what its hourly timer starts) while a host is in a room: it
@@ -853,8 +887,15 @@ fn with_head<T>(
 
 /// v3's trial boot: the readiness line, then its health check finds the failed unit, records
 /// the reason and restarts the machine.
-fn v3_fails_its_trial(s: &UpdateScenario, f: &Fixture, v3: &Bundle) -> Result<()> {
-    let cfg = f.config(s, "boot3-v3");
+fn v3_fails_its_trial(
+    s: &UpdateScenario,
+    f: &Fixture,
+    v3: &Bundle,
+    firmware: Firmware,
+    dir: &str,
+) -> Result<()> {
+    let mut cfg = f.config(s, dir);
+    cfg.firmware = firmware;
     let (machine, report, _) =
         boot_and_report(&cfg, s.boot_timeout).context("v3, its trial boot: no readiness line")?;
     let explain = |e: anyhow::Error, machine: &Machine| {
@@ -889,14 +930,15 @@ fn v3_fails_its_trial(s: &UpdateScenario, f: &Fixture, v3: &Bundle) -> Result<()
 }
 
 /// The power goes while `update apply` writes slot a: the next boot runs v2, `update status`
-/// says the attempt was interrupted, and `update apply` then installs the bundle.
+/// says the attempt was interrupted, and `update apply` then installs and arms the bundle.
+/// Returns that boot's session.
 fn power_cut_while_writing(
     m: Session,
     s: &UpdateScenario,
     f: &Fixture,
     b: &Bundle,
     outcome: &mut UpdateOutcome,
-) -> Result<()> {
+) -> Result<Session> {
     let mut child = m
         .ssh
         .command(&format!(
@@ -975,5 +1017,5 @@ fn power_cut_while_writing(
     outcome
         .checks
         .push("update apply installed and armed the bundle again after the power cut".into());
-    m.power_off_cleanly()
+    Ok(m)
 }
