@@ -2,7 +2,8 @@
 //! directories, the enabled features, the identifiers derived from the configuration, and the
 //! progress display.
 
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -15,6 +16,8 @@ use crate::progress::Progress;
 use crate::signing::{self, SigningKey};
 
 pub struct BuildCtx<'a> {
+    /// Held for the whole build: one build at a time per work directory.
+    _lock: std::fs::File,
     pub config: &'a Config,
     pub opts: &'a BuildOptions,
     /// `<build_dir>/<name>-<arch>`: intermediate files of this image.
@@ -28,6 +31,41 @@ pub struct BuildCtx<'a> {
     pub progress: Progress,
 }
 
+/// Takes `<work>/.lock` (flock) for the build. Two builds of one image in one build
+/// directory would overwrite each other's files, so the second waits for the first, saying so,
+/// and then finds the first one's layers in the cache.
+fn lock_work_dir(work: &Path, quiet: bool) -> Result<std::fs::File> {
+    let path = work.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let flock = |how| {
+        // SAFETY: flock on a file descriptor this function owns, open for its whole call.
+        let r = unsafe { libc::flock(file.as_raw_fd(), how) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    match flock(libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => return Ok(file),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+    if !quiet {
+        eprintln!(
+            "waiting for another build of this image in {} to finish",
+            work.display()
+        );
+    }
+    flock(libc::LOCK_EX).with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(file)
+}
+
 impl<'a> BuildCtx<'a> {
     pub fn new(config: &'a Config, opts: &'a BuildOptions, stages: usize) -> Result<BuildCtx<'a>> {
         let work = opts
@@ -35,6 +73,7 @@ impl<'a> BuildCtx<'a> {
             .join(format!("{}-{}", config.image.name, config.image.arch));
         std::fs::create_dir_all(&work)
             .with_context(|| format!("cannot create the build directory {}", work.display()))?;
+        let lock = lock_work_dir(&work, opts.json)?;
         // A stopped build leaves no unfinished file behind in the directories it writes.
         crate::interrupt::clean_on_stop(&work);
         crate::interrupt::clean_on_stop(&opts.out_dir);
@@ -43,6 +82,7 @@ impl<'a> BuildCtx<'a> {
             format!("cannot create the cache directory {}", cache_dir.display())
         })?;
         Ok(BuildCtx {
+            _lock: lock,
             config,
             opts,
             work,
@@ -113,5 +153,30 @@ impl Identifiers {
 
     pub fn uuid(&self, purpose: &str) -> Uuid {
         uuid::Builder::from_random_bytes(self.bytes(purpose)).into_uuid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_second_build_of_one_image_waits_for_the_first() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let first = lock_work_dir(dir.path(), true).expect("the first lock");
+        let work = dir.path().to_path_buf();
+        let second = std::thread::spawn(move || lock_work_dir(&work, true).map(drop));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !second.is_finished(),
+            "the second build went on while the first held the lock"
+        );
+        drop(first);
+        second
+            .join()
+            .expect("the waiting thread")
+            .expect("the second lock, once the first is gone");
     }
 }

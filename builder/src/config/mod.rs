@@ -334,7 +334,8 @@ pub struct Root {
     pub verity: bool,
     /// squashfs compressor: zstd, xz, gzip or lz4.
     pub compression: String,
-    /// The compressor's level (zstd 1-22, xz and gzip 1-9); empty: mksquashfs's default.
+    /// The compressor's level (zstd 1-22, xz and gzip 1-9); empty: 9 for zstd
+    /// (`build::squashfs::DEFAULT_ZSTD_LEVEL`), mksquashfs's default for the others.
     pub compression_level: Option<u32>,
     /// squashfs block size, 4K to 1M (a power of two).
     pub block_size: Size,

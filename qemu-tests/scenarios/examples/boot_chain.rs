@@ -66,6 +66,10 @@ fn run() -> Result<()> {
             "slowest units",
             "systemd-analyze blame --no-pager | head -n 15",
         ),
+        (
+            "AppArmor: is the policy compiled into the image used (a miss: every boot compiles it)",
+            "sudo -n apparmor_parser --skip-kernel-load --show-cache --replace /etc/apparmor.d/usr.sbin.nginx 2>&1",
+        ),
     ] {
         let text = second.step(what, |s| s.ssh.run_ok(command))?;
         println!("\n== {what}\n{}", text.trim_end());

@@ -52,6 +52,7 @@ pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
     }
     r.checks
         .push(format!("AppArmor: {} profiles enforcing", PROFILES.len()));
+    r.checks.push(compiled_policy_is_used(ssh)?);
 
     let ps = ssh.sudo("ps -eo label=,comm=")?;
     let mut confined = CONFINED.to_vec();
@@ -176,6 +177,36 @@ pub fn no_denials(ssh: &Ssh) -> Result<()> {
         bail!("AppArmor denied something during the tests:\n{denied}");
     }
     Ok(())
+}
+
+/// Where the image keeps its compiled AppArmor policy (overlays/hardening/customize.sh).
+const COMPILED_POLICY: &str = "/usr/lib/appliance/apparmor/cache/";
+
+/// The policy compiled into the image matches the running kernel's AppArmor features, so
+/// boots load it instead of compiling every profile. A miss means the kernel reports other
+/// features than `usr/lib/appliance/apparmor/kernel-features`: the error shows the kernel's.
+fn compiled_policy_is_used(ssh: &Ssh) -> Result<String> {
+    let out = ssh.sudo(
+        "sh -c 'apparmor_parser --skip-kernel-load --show-cache --replace /etc/apparmor.d/usr.sbin.nginx 2>&1'",
+    )?;
+    let hit = out
+        .lines()
+        .find(|l| l.starts_with("Cache hit: ") && l.contains(COMPILED_POLICY));
+    match hit {
+        Some(line) => Ok(format!(
+            "AppArmor: the policy compiled into the image is used ({line})"
+        )),
+        None => {
+            let features = ssh
+                .sudo("sh -c 'cat /var/cache/apparmor/*/.features'")
+                .unwrap_or_default();
+            bail!(
+                "AppArmor does not use the policy compiled into the image, so every boot compiles \
+                 it:\n{out}\nThe running kernel's features (put them in \
+                 overlays/hardening/files/usr/lib/appliance/apparmor/kernel-features):\n{features}"
+            )
+        }
+    }
 }
 
 /// The lines under an aa-status heading such as "5 profiles are in enforce mode.".
