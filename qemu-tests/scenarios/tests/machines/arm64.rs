@@ -12,6 +12,8 @@ use appliance_qemu_tests::test_image;
 #[test]
 fn arm64_raspberry_pi_image_builds_boots_on_virt_and_has_pi_boot_files() {
     let _t = appliance_qemu_tests::timed!();
+    // .ci/run starts `appliance build` with these same settings at its beginning, so this
+    // build finds the image made: change both together.
     let overrides = [
         "jitsi.enabled=false",
         "image.arch=\"arm64\"",
