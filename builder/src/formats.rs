@@ -273,12 +273,10 @@ pub fn write_bmap_with(
     out: &Path,
     always_written: &[(u64, u64)],
 ) -> Result<BmapSummary> {
-    let mut f = std::fs::File::open(raw)
+    // Holes are read as the zeros they are, without the kernel filling pages with them.
+    let mut f = crate::outputs::SparseReader::open(raw)
         .with_context(|| format!("cannot open the image {}: does it exist?", raw.display()))?;
-    let image_size = f
-        .metadata()
-        .with_context(|| format!("cannot stat {}", raw.display()))?
-        .len();
+    let image_size = f.size();
     if image_size == 0 {
         bail!(
             "cannot make a bmap of {}: the image is empty; build it again",

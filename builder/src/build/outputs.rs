@@ -231,14 +231,19 @@ pub fn write(
     if disk.keep_raw {
         made.push((format!("{name}.raw"), raw.clone()));
     }
-    if config.image.formats.contains(&Format::RawZst) {
+    // The raw image's checksum comes with its compression when there is one: one read.
+    let raw_sha256 = if config.image.formats.contains(&Format::RawZst) {
         let file = format!("{name}.{}", Format::RawZst.extension());
         let path = disk.staged.path(&file);
         ctx.progress.message("compressing with zstd");
-        outputs::compress_zstd(&raw, &path, ctx.opts.zstd_level)
+        let (_, sum) = outputs::compress_zstd(&raw, &path, ctx.opts.zstd_level)
             .with_context(|| format!("compressing {}", raw.display()))?;
         made.push((file, path));
-    }
+        sum
+    } else {
+        ctx.progress.message("checksumming the raw image");
+        outputs::sha256_file(&raw)?
+    };
     for (format, vm) in [
         (Format::Qcow2, formats::VmFormat::Qcow2),
         (Format::Vmdk, formats::VmFormat::Vmdk),
@@ -278,17 +283,17 @@ pub fn write(
     let mut listed = Vec::new();
     for (file, path) in &made {
         ctx.progress.message(&format!("checksumming {file}"));
+        let sha256 = if *path == raw {
+            raw_sha256.clone()
+        } else {
+            outputs::sha256_file(path)?
+        };
         listed.push(OutputFile {
             file: file.clone(),
             bytes: std::fs::metadata(path)?.len(),
-            sha256: outputs::sha256_file(path)?,
+            sha256,
         });
     }
-    let raw_sha256 = listed
-        .iter()
-        .find(|f| f.file == format!("{name}.raw"))
-        .map(|f| f.sha256.clone())
-        .map_or_else(|| outputs::sha256_file(&raw), Ok)?;
     ctx.progress
         .message("writing the software bill of materials");
     let sbom_name = format!("{name}.spdx.json");

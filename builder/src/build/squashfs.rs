@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use appliance_spec::verity;
 
-use super::system::{self, SystemLayer};
+use super::system::SystemLayer;
 use super::{cache, BuildCtx};
 use crate::config::Config;
 use crate::filesystems::squashfs::{self, Settings};
@@ -46,14 +46,14 @@ pub fn make(ctx: &mut BuildCtx, system: &SystemLayer) -> Result<(Squashfs, Strin
     let note = if let Some(tree) = &system.tree {
         let partial = path.with_extension("squashfs.partial");
         squashfs::from_dir(
-            tree,
+            &tree.path,
             &partial,
             &squashfs_settings(config),
             config.image.source_date_epoch,
         )?;
         verity::pad_to_block(&partial)?;
         std::fs::rename(&partial, &path)?;
-        system::remove_tree(tree)?;
+        tree.release()?;
         cache::prune(&ctx.work, "system-", &path)?;
         format!("({})", settings(config).join(" "))
     } else {

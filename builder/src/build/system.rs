@@ -1,5 +1,5 @@
-//! Stage 3: the system layer. The package layer is unpacked, every feature's files and the
-//! in-image program are laid over it, and the features' customize hooks run on it, without
+//! Stage 3: the system layer. Over the unpacked package layer ([`root_tree`]) every
+//! feature's files and the in-image program are laid, and the features' customize hooks run on it, without
 //! running dpkg again. The result is packed by the next stage; both are skipped when the
 //! squashfs for the same inputs is already there.
 
@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::cache::{self, KeyBuilder};
 use super::packages::PackageLayer;
+use super::root_tree::{self, RootTree};
 use super::BuildCtx;
 use crate::{admin_program, host, rootfs};
 use appliance_spec::release::{Release, UpdatePolicy, RELEASE_FILE, UPDATE_KEYS_FILE};
@@ -21,7 +22,7 @@ pub struct SystemLayer {
     /// The squashfs this layer is (or will be) packed into.
     pub squashfs: PathBuf,
     /// `None` when the squashfs is already there: nothing was unpacked.
-    pub tree: Option<PathBuf>,
+    pub tree: Option<RootTree>,
 }
 
 pub fn assemble(ctx: &mut BuildCtx, packages: &PackageLayer) -> Result<(SystemLayer, String)> {
@@ -67,24 +68,8 @@ pub fn assemble(ctx: &mut BuildCtx, packages: &PackageLayer) -> Result<(SystemLa
     if !host::is_root() {
         bail!("the build unpacks the root file system and runs the features' customize hooks in it, which needs root: run it with sudo");
     }
-    let tree = ctx.work.join("root");
-    remove_tree(&tree)?;
-    std::fs::create_dir_all(&tree)?;
-    ctx.progress.message("unpacking the package layer");
-    host::run(
-        Command::new("tar")
-            .args([
-                "--extract",
-                "--numeric-owner",
-                "--same-owner",
-                "--preserve-permissions",
-            ])
-            .args(["--xattrs", "--xattrs-include=*", "--file"])
-            .arg(packages.tar())
-            .arg("--directory")
-            .arg(&tree),
-    )
-    .context("unpacking the package layer")?;
+    let root = root_tree::prepare(ctx, packages)?;
+    let tree = root.path.clone();
     ctx.progress.message("laying in the features' files");
     copy_into(&overlay, &overlay, &tree)?;
     let log = ctx.work.join("customize.log");
@@ -112,7 +97,7 @@ pub fn assemble(ctx: &mut BuildCtx, packages: &PackageLayer) -> Result<(SystemLa
     let layer = SystemLayer {
         key,
         squashfs,
-        tree: Some(tree),
+        tree: Some(root),
     };
     Ok((layer, note))
 }
@@ -268,14 +253,6 @@ fn clamp_times(root: &Path, epoch: u64) -> Result<()> {
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("setting the time of {}", path.display()));
         }
-    }
-    Ok(())
-}
-
-/// Removes an unpacked root left by an earlier build.
-pub fn remove_tree(tree: &Path) -> Result<()> {
-    if tree.exists() {
-        std::fs::remove_dir_all(tree).with_context(|| format!("removing {}", tree.display()))?;
     }
     Ok(())
 }

@@ -30,7 +30,7 @@ pub struct BuildArgs {
     /// (use it to pick up new Debian security updates).
     #[arg(long)]
     refresh: bool,
-    /// zstd compression level for <name>.raw.zst (1-19; default 6, or 1 with --profile dev).
+    /// zstd compression level for <name>.raw.zst (1-19; default 3, or 1 with --profile dev).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=19))]
     zstd_level: Option<i32>,
     /// `release` builds the configuration as written. `dev` trades size for speed while you
@@ -72,7 +72,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     }
     let c = config.load()?;
     let zstd_level = args.zstd_level.unwrap_or(match args.profile {
-        Profile::Release => 6,
+        Profile::Release => build::DEFAULT_RAW_ZSTD_LEVEL,
         Profile::Dev => 1,
     });
     crate::interrupt::install()?;
