@@ -114,6 +114,15 @@ impl Machine {
         .unwrap();
     }
 
+    /// What sysfs says of sda's size and of sda7's place on it, in 512-byte sectors.
+    fn sizes(&self, disk: u64, start: u64, size: u64) {
+        let block = self.root.join("sys/class/block");
+        fs::create_dir_all(block.join("sda")).unwrap();
+        fs::write(block.join("sda/size"), format!("{disk}\n")).unwrap();
+        fs::write(block.join("sda7/start"), format!("{start}\n")).unwrap();
+        fs::write(block.join("sda7/size"), format!("{size}\n")).unwrap();
+    }
+
     fn run(&self, script: &str, args: &[&str], fstype: &str) -> (bool, String, Vec<String>) {
         let path = format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap());
         let out = Command::new("sh")
@@ -187,6 +196,28 @@ fn a_never_used_data_partition_is_grown_and_formatted() {
         calls.contains(&"mkfs.ext4 -q -L data /dev/sda7".to_string()),
         "{calls:?}"
     );
+}
+
+#[test]
+fn a_partition_that_has_the_whole_disk_is_not_grown_again() {
+    let _t = appliance_qemu_tests::timed!();
+    let grown = |disk: u64, start: u64, size: u64| {
+        let m = Machine::new();
+        m.data_link("sda7");
+        m.sizes(disk, start, size);
+        let (ok, said, calls) = m.run("prepare-data", &[], "ext4");
+        assert!(ok, "{said}");
+        assert!(!formatted(&calls), "{calls:?}");
+        calls.iter().any(|c| c.starts_with("sfdisk"))
+    };
+    // Every later boot: the partition ends at the last usable sector (or within 1 MiB of it,
+    // where sfdisk's alignment leaves it).
+    let disk = 12_582_912;
+    assert!(!grown(disk, 4_096_000, disk - 33 - 4_096_000));
+    assert!(!grown(disk, 4_096_000, disk - 33 - 4_096_000 - 2047));
+    // The disk grew (the image was written to a bigger one, or the volume was enlarged).
+    assert!(grown(disk, 4_096_000, disk - 33 - 4_096_000 - 2048));
+    assert!(grown(disk * 2, 4_096_000, disk - 33 - 4_096_000));
 }
 
 #[test]

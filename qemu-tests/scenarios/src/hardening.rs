@@ -100,6 +100,18 @@ pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
     r.checks
         .push("nftables: input and forward drop by default".into());
 
+    // The test machines' processor (QEMU's `-cpu max`) offers virtualisation, so the kernel
+    // would load KVM for it unless /etc/modprobe.d/appliance-boot.conf stops it.
+    let modules = ssh.run_ok("cat /proc/modules")?;
+    if let Some(m) = modules
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|m| m.starts_with("kvm"))
+    {
+        bail!("the kernel module {m} is loaded: the appliance runs no virtual machines");
+    }
+    r.checks.push("no KVM module is loaded".into());
+
     let units = if jitsi {
         "nginx.service prosody.service coturn.service jicofo.service jitsi-videobridge2.service"
     } else {
