@@ -34,6 +34,24 @@ pub struct RootTree {
 /// Makes the writable root for `packages`, reporting progress on `ctx`.
 pub fn prepare(ctx: &BuildCtx, packages: &PackageLayer) -> Result<RootTree> {
     let work = std::fs::canonicalize(&ctx.work)?;
+    writable_root(
+        &work,
+        &packages.tar(),
+        cache::short(&packages.key),
+        ctx.opts.refresh,
+        |m| ctx.progress.message(m),
+    )
+}
+
+/// `<work>/root`, writable, with the files of `tar` (a package layer whose short key is
+/// `key`).
+fn writable_root(
+    work: &Path,
+    tar: &Path,
+    key: &str,
+    refresh: bool,
+    say: impl Fn(&str),
+) -> Result<RootTree> {
     let path = work.join("root");
     let upper = work.join("root-upper");
     let overlay_work = work.join("root-overlay-work");
@@ -43,7 +61,7 @@ pub fn prepare(ctx: &BuildCtx, packages: &PackageLayer) -> Result<RootTree> {
         remove_dir(dir)?;
     }
     std::fs::create_dir_all(&path)?;
-    let lower = unpacked(ctx, packages, &work)?;
+    let lower = unpacked(work, tar, key, refresh, &say)?;
     std::fs::create_dir_all(&upper)?;
     std::fs::create_dir_all(&overlay_work)?;
     copy_dir_attributes(&lower, &upper)?;
@@ -54,12 +72,12 @@ pub fn prepare(ctx: &BuildCtx, packages: &PackageLayer) -> Result<RootTree> {
             released: Cell::new(false),
         }),
         Err(e) => {
-            ctx.progress.message(&format!(
+            say(&format!(
                 "cannot mount an overlay over the unpacked packages ({e}); unpacking them again"
             ));
             remove_dir(&upper)?;
             remove_dir(&overlay_work)?;
-            unpack(&packages.tar(), &path)?;
+            unpack(tar, &path)?;
             Ok(RootTree {
                 path,
                 overlay: None,
@@ -100,20 +118,24 @@ impl Drop for RootTree {
 }
 
 /// `<work>/packages-<key>/root`, unpacked from the layer's tarball unless it already is.
-fn unpacked(ctx: &BuildCtx, packages: &PackageLayer, work: &Path) -> Result<PathBuf> {
-    let dir = work.join(format!("packages-{}", cache::short(&packages.key)));
+fn unpacked(
+    work: &Path,
+    tar: &Path,
+    key: &str,
+    refresh: bool,
+    say: impl Fn(&str),
+) -> Result<PathBuf> {
+    let dir = work.join(format!("packages-{key}"));
     let root = dir.join("root");
-    let tar = packages.tar();
-    let source = tar_identity(&tar)?;
+    let source = tar_identity(tar)?;
     let stamp = std::fs::read_to_string(dir.join(SOURCE_STAMP)).unwrap_or_default();
-    if stamp == source && !ctx.opts.refresh {
-    } else {
-        ctx.progress.message("unpacking the package layer");
-        let partial = work.join(format!("packages-{}.partial", cache::short(&packages.key)));
+    if stamp != source || refresh {
+        say("unpacking the package layer");
+        let partial = work.join(format!("packages-{key}.partial"));
         remove_dir(&partial)?;
         remove_dir(&dir)?;
         std::fs::create_dir_all(partial.join("root"))?;
-        unpack(&tar, &partial.join("root"))?;
+        unpack(tar, &partial.join("root"))?;
         std::fs::write(partial.join(SOURCE_STAMP), &source)?;
         std::fs::rename(&partial, &dir)?;
     }
@@ -221,5 +243,113 @@ fn remove_dir(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn on_overlayfs(path: &Path) -> bool {
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid path and a statfs struct to fill.
+        let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+        rc == 0 && st.f_type == 0x794c_7630 // OVERLAYFS_SUPER_MAGIC
+    }
+
+    /// A package layer of two files, as a tarball.
+    fn layer(dir: &Path) -> PathBuf {
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/os-release"), "ID=debian\n").unwrap();
+        std::fs::write(tree.join("etc/shadow"), "root:*:1::::::\n").unwrap();
+        std::fs::set_permissions(
+            tree.join("etc/shadow"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        let tar = dir.join("root.tar");
+        let status = Command::new("tar")
+            .arg("--create")
+            .arg("--file")
+            .arg(&tar)
+            .arg("--directory")
+            .arg(&tree)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tar
+    }
+
+    /// Writes to the root as the features' files and hooks do; the unpacked layer must not
+    /// change, and the next root must start from the layer again.
+    fn use_twice(work: &Path, tar: &Path) -> Option<bool> {
+        std::fs::create_dir_all(work).unwrap();
+        let unpacks = std::cell::Cell::new(0);
+        let say = |m: &str| {
+            if m.starts_with("unpacking") {
+                unpacks.set(unpacks.get() + 1);
+            }
+        };
+        let mut overlaid = None;
+        for _ in 0..2 {
+            let root = writable_root(work, tar, "k1", false, say).unwrap();
+            overlaid = Some(root.overlay.is_some());
+            let etc = root.path.join("etc");
+            assert_eq!(
+                std::fs::read_to_string(etc.join("os-release")).unwrap(),
+                "ID=debian\n"
+            );
+            let mode = std::fs::metadata(etc.join("shadow"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o640);
+            assert!(
+                !etc.join("motd").exists(),
+                "a file of the last build is still there"
+            );
+            // In place, as `echo >>` would, and a new file.
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(etc.join("os-release"))
+                .unwrap();
+            std::io::Write::write_all(&mut f, b"CHANGED=1\n").unwrap();
+            drop(f);
+            std::fs::write(etc.join("motd"), "hello\n").unwrap();
+            root.release().unwrap();
+            assert!(!root.path.exists());
+        }
+        let lower = work.join("packages-k1/root/etc/os-release");
+        assert_eq!(std::fs::read_to_string(lower).unwrap(), "ID=debian\n");
+        assert_eq!(unpacks.get(), 1, "the layer is unpacked once");
+        overlaid
+    }
+
+    #[test]
+    fn the_unpacked_layer_is_never_written_and_a_root_unmountable_as_overlay_is_unpacked() {
+        let d = tempfile::tempdir().unwrap();
+        let tar = layer(d.path());
+        // A ',' in the path cannot be given to overlayfs: the tarball is unpacked instead.
+        assert_eq!(use_twice(&d.path().join("a,b"), &tar), Some(false));
+        let overlaid = use_twice(&d.path().join("work"), &tar);
+        if host::is_root() && !on_overlayfs(d.path()) {
+            assert_eq!(overlaid, Some(true), "root can mount an overlay here");
+        } else {
+            eprintln!("not root, or in a directory on overlayfs: only the unpacking was tested");
+        }
+        // A layer made again under the same key is unpacked again.
+        let tar2 = d.path().join("root2.tar");
+        std::fs::copy(&tar, &tar2).unwrap();
+        let again = std::cell::Cell::new(false);
+        let root = writable_root(&d.path().join("work"), &tar2, "k1", false, |m| {
+            again.set(again.get() || m.starts_with("unpacking"))
+        })
+        .unwrap();
+        root.release().unwrap();
+        assert!(again.get(), "a different tarball must be unpacked again");
     }
 }
