@@ -43,16 +43,23 @@ fn workspace_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Builds (or finds) `appliance-admin` for `arch` and copies it to `<root>/usr/bin/`.
+/// `appliance-admin` for the image, being compiled on a thread of its own from the start of a
+/// build, so that on a first build (minutes of compiling) it overlaps the package
+/// installation (minutes of downloading and unpacking). When the build no longer needs it (a
+/// failed stage), dropping it stops the compiler.
+pub struct Compiling {
+    thread: Option<std::thread::JoinHandle<Result<PathBuf>>>,
+    /// The last line cargo printed, to show while waiting.
+    last_line: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// Starts compiling (or finding, with [`PREBUILT_ENV`]) `appliance-admin` for `arch`.
 /// `target_dir` keeps the compiled dependencies between builds.
-pub fn install(
-    arch: Arch,
-    root: &Path,
-    target_dir: &Path,
-    offline: bool,
-    mut on_line: impl FnMut(&str),
-) -> Result<()> {
-    let binary = match std::env::var_os(PREBUILT_ENV) {
+pub fn start(arch: Arch, target_dir: &Path, offline: bool) -> Compiling {
+    let last_line = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let shown = last_line.clone();
+    let target_dir = target_dir.to_path_buf();
+    let thread = std::thread::spawn(move || match std::env::var_os(PREBUILT_ENV) {
         Some(p) => {
             let p = PathBuf::from(p);
             if !p.is_file() {
@@ -61,24 +68,64 @@ pub fn install(
                     p.display()
                 );
             }
-            p
+            Ok(p)
         }
-        None => compile(arch, target_dir, offline, &mut on_line)?,
-    };
-    let dest = root.join(IMAGE_PATH);
-    if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir)?;
+        None => compile(arch, &target_dir, offline, &mut |line: &str| {
+            if let Ok(mut l) = shown.lock() {
+                *l = line.to_string();
+            }
+        }),
+    });
+    Compiling {
+        thread: Some(thread),
+        last_line,
     }
-    std::fs::copy(&binary, &dest).with_context(|| {
-        format!(
-            "cannot copy {} into the image tree {}",
-            binary.display(),
-            dest.display()
-        )
-    })?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
-    Ok(())
+}
+
+impl Compiling {
+    /// Waits for the program, passing cargo's latest line to `on_line` meanwhile, and copies
+    /// it to `<root>/usr/bin/`.
+    pub fn install(mut self, root: &Path, mut on_line: impl FnMut(&str)) -> Result<()> {
+        let thread = self
+            .thread
+            .take()
+            .context("appliance-admin was installed already")?;
+        let mut shown = String::new();
+        while !thread.is_finished() {
+            let line = self.last_line.lock().map(|l| l.clone()).unwrap_or_default();
+            if line != shown {
+                on_line(&line);
+                shown = line;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let binary = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("compiling appliance-admin stopped unexpectedly"))??;
+        let dest = root.join(IMAGE_PATH);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::copy(&binary, &dest).with_context(|| {
+            format!(
+                "cannot copy {} into the image tree {}",
+                binary.display(),
+                dest.display()
+            )
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    }
+}
+
+impl Drop for Compiling {
+    fn drop(&mut self) {
+        if self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            // The build failed before it needed the program: no compiler may outlive it.
+            crate::interrupt::stop_children();
+        }
+    }
 }
 
 /// `build.rustflags` that map the source, registry and target directories to fixed names.
@@ -334,7 +381,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Only this test sets the variable, and it restores it before returning.
         std::env::set_var(PREBUILT_ENV, dir.path().join("nope"));
-        let err = install(Arch::X86_64, dir.path(), dir.path(), false, |_| {}).unwrap_err();
+        let err = start(Arch::X86_64, dir.path(), false)
+            .install(dir.path(), |_| {})
+            .unwrap_err();
         std::env::remove_var(PREBUILT_ENV);
         assert!(format!("{err:#}").contains("APPLIANCE_ADMIN_BIN"));
     }

@@ -76,7 +76,9 @@ pub fn clean_on_stop(dir: &Path) {
     }
 }
 
-fn stop_children() {
+/// Stops every child still running (SIGTERM, then SIGKILL after a grace time): on a signal, or
+/// when a failing build leaves one running that it no longer needs.
+pub fn stop_children() {
     let groups = state().groups.clone();
     for g in &groups {
         // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.

@@ -103,9 +103,15 @@ pub fn build(config: &Config, opts: &BuildOptions) -> Result<BuildSummary> {
 }
 
 fn run_stages(ctx: &mut BuildCtx) -> Result<BuildSummary> {
+    // The in-image program compiles beside the first stages; the system layer takes it.
+    let admin = crate::admin_program::start(
+        ctx.config.image.arch,
+        &ctx.cache_dir.join("cargo-target"),
+        ctx.opts.offline,
+    );
     let keyrings = ctx.stage("keys", keys::verify)?;
     let packages = ctx.stage("packages", |c| packages::install(c, &keyrings))?;
-    let system = ctx.stage("system", |c| system::assemble(c, &packages))?;
+    let system = ctx.stage("system", |c| system::assemble(c, &packages, admin))?;
     let squashfs = ctx.stage("squashfs", |c| squashfs::make(c, &system))?;
     let verity = ctx.stage("verity", |c| verity::compute(c, &squashfs))?;
     let boot = ctx.stage("boot", |c| boot::prepare(c, &packages, &verity))?;

@@ -25,20 +25,18 @@ pub struct SystemLayer {
     pub tree: Option<RootTree>,
 }
 
-pub fn assemble(ctx: &mut BuildCtx, packages: &PackageLayer) -> Result<(SystemLayer, String)> {
+pub fn assemble(
+    ctx: &mut BuildCtx,
+    packages: &PackageLayer,
+    admin: admin_program::Compiling,
+) -> Result<(SystemLayer, String)> {
     let config = ctx.config;
     let overlay = ctx.fresh_dir("overlay")?;
     rootfs::render_feature_files(config, &ctx.features, &overlay)?;
     ctx.progress
         .message("compiling the in-image program appliance-admin");
     let progress = &ctx.progress;
-    admin_program::install(
-        config.image.arch,
-        &overlay,
-        &ctx.cache_dir.join("cargo-target"),
-        ctx.opts.offline,
-        |line| progress.message(line),
-    )?;
+    admin.install(&overlay, |line| progress.message(line))?;
     write_release(ctx, &overlay)?;
     let mut key = KeyBuilder::new("system layer")
         .part("package layer", &packages.key)
