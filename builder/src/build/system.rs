@@ -1,6 +1,6 @@
-//! Stage 3: the system layer. Over the unpacked package layer ([`root_tree`]) every
-//! feature's files and the in-image program are laid, and the features' customize hooks run on it, without
-//! running dpkg again. The result is packed by the next stage; both are skipped when the
+//! Stage 3: the system layer. Every feature's files and the in-image program are laid over
+//! the unpacked package layer ([`root_tree`]), and the features' customize hooks run on it,
+//! without running dpkg again. The result is packed by the next stage; both are skipped when the
 //! squashfs for the same inputs is already there.
 
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ pub struct SystemLayer {
     pub key: String,
     /// The squashfs this layer is (or will be) packed into.
     pub squashfs: PathBuf,
-    /// `None` when the squashfs is already there: nothing was unpacked.
+    /// `None` when the squashfs is already there: no root was made.
     pub tree: Option<RootTree>,
 }
 
