@@ -1,7 +1,9 @@
-//! The boot scripts that choose and prepare the data partition
-//! (overlays/boot/files/usr/lib/appliance/{root-disk,prepare-data.j2}), run by /bin/sh against a
-//! made-up /dev and /sys (APPLIANCE_SYSROOT) with stand-ins for the disk tools that record
-//! their calls. The machine has its root on sda and a second disk sdb with the same image.
+//! The boot scripts that choose the root's disk and prepare the data partition
+//! (overlays/boot/files/usr/lib/appliance/{root-disk,prepare-data.j2}, and the initrd's
+//! overlays/boot/install/usr/lib/appliance/verity-root-attach), run by /bin/sh against a
+//! made-up /proc, /dev and /sys (APPLIANCE_SYSROOT) with stand-ins for the disk tools that
+//! record their calls. The machine has its root on sda and a second disk sdb with the same
+//! image.
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -68,6 +70,13 @@ impl Machine {
                 .unwrap();
                 fs::write(root.join("dev").join(&name), vec![0u8; 2 * MIB]).unwrap();
             }
+        }
+        for disk in ["sda", "sdb"] {
+            symlink(
+                format!("../../devices/pci0/host0/block/{disk}"),
+                sys.join("class/block").join(disk),
+            )
+            .unwrap();
         }
         for slave in ["sda3", "sda4"] {
             fs::write(sys.join("block/dm-0/slaves").join(slave), "").unwrap();
@@ -175,6 +184,98 @@ fn the_root_disk_is_found_through_sysfs() {
     let (ok, said, _) = m.run("root-disk", &[], "");
     assert!(!ok);
     assert!(said.contains("two disks"), "{said}");
+}
+
+/// The root's data (partition 3) and verity tree (partition 4) PARTUUIDs, the same on both
+/// disks.
+const ROOT_DATA: &str = "c66e6629-396c-981e-5bc9-ba66c34948c6";
+const ROOT_HASH: &str = "559acb18-5a34-679e-91be-59b2527a99ef";
+
+/// The initrd's view for verity-root-attach: the command line, the two PARTUUID links as udev
+/// left them, blkid answering each partition's PARTUUID, and a veritysetup that records.
+fn verity_machine(data_link: &str, hash_link: &str, cmdline: &str) -> Machine {
+    let m = Machine::new();
+    fs::create_dir_all(m.root.join("proc")).unwrap();
+    fs::write(m.root.join("proc/cmdline"), format!("{cmdline}\n")).unwrap();
+    let by_uuid = m.root.join("dev/disk/by-partuuid");
+    fs::create_dir_all(&by_uuid).unwrap();
+    symlink(format!("../../{data_link}"), by_uuid.join(ROOT_DATA)).unwrap();
+    symlink(format!("../../{hash_link}"), by_uuid.join(ROOT_HASH)).unwrap();
+    stub(
+        &m.bin.join("blkid"),
+        &format!(
+            "for a; do dev=$a; done\ncase \"$dev\" in *3) echo {ROOT_DATA} ;; *4) echo {ROOT_HASH} ;; *) echo 030aa061-ebc3-4499-9c89-d06263be1e5c ;; esac\n"
+        ),
+    );
+    let veritysetup = m.root.join("lib/systemd/systemd-veritysetup");
+    fs::create_dir_all(veritysetup.parent().unwrap()).unwrap();
+    stub(&veritysetup, "echo \"veritysetup $*\" >> \"$LOG\"\n");
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../overlays/boot/install/usr/lib/appliance/verity-root-attach"),
+        m.lib.join("verity-root-attach"),
+    )
+    .unwrap();
+    m
+}
+
+fn verity_cmdline() -> String {
+    format!(
+        "initrd=\\appliance-a\\initrd.img roothash=abc123 systemd.verity_root_data=PARTUUID={ROOT_DATA} \
+         systemd.verity_root_hash=PARTUUID={ROOT_HASH} systemd.verity_root_options=panic-on-corruption \
+         root=/dev/mapper/root ro"
+    )
+}
+
+#[test]
+fn the_root_is_opened_from_one_disk_whichever_disks_udev_linked() {
+    let _t = appliance_qemu_tests::timed!();
+    // udev gave the data link to sdb and the verity link to sda: both come from sdb.
+    let m = verity_machine("sdb3", "sda4", &verity_cmdline());
+    let (ok, said, calls) = m.run("verity-root-attach", &[], "");
+    assert!(ok, "{said}");
+    assert_eq!(
+        calls,
+        ["veritysetup attach root /dev/sdb3 /dev/sdb4 abc123 panic-on-corruption"],
+        "{said}"
+    );
+    // Both links on sda: sda.
+    let m = verity_machine("sda3", "sda4", &verity_cmdline());
+    let (ok, said, calls) = m.run("verity-root-attach", &[], "");
+    assert!(ok, "{said}");
+    assert_eq!(
+        calls,
+        ["veritysetup attach root /dev/sda3 /dev/sda4 abc123 panic-on-corruption"]
+    );
+}
+
+#[test]
+fn a_disk_without_the_verity_partition_opens_nothing() {
+    let _t = appliance_qemu_tests::timed!();
+    let m = verity_machine("sdb3", "sda4", &verity_cmdline());
+    // sdb has no partition 4 here.
+    fs::remove_file(m.root.join("dev/sdb4")).unwrap();
+    let (ok, said, calls) = m.run("verity-root-attach", &[], "");
+    assert!(!ok);
+    assert!(calls.is_empty(), "{calls:?}");
+    assert!(
+        said.contains("sdb, the disk of the root's data partition") && said.contains(ROOT_HASH),
+        "{said}"
+    );
+}
+
+#[test]
+fn devices_not_named_by_partuuid_are_used_as_given() {
+    let _t = appliance_qemu_tests::timed!();
+    let cmdline =
+        "roothash=abc123 systemd.verity_root_data=/dev/vda3 systemd.verity_root_hash=/dev/vda4";
+    let m = verity_machine("sda3", "sda4", cmdline);
+    let (ok, said, calls) = m.run("verity-root-attach", &[], "");
+    assert!(ok, "{said}");
+    assert_eq!(
+        calls,
+        ["veritysetup attach root /dev/vda3 /dev/vda4 abc123 "]
+    );
 }
 
 #[test]
