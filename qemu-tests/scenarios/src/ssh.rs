@@ -140,12 +140,24 @@ impl Ssh {
         c
     }
 
-    /// Runs `remote`; the exit status is the remote command's (255: ssh itself failed).
+    /// Runs `remote`; the exit status is the remote command's (255: ssh itself failed). A
+    /// connection dropped before the key exchange is tried again, twice: the command has not
+    /// run, and a guest slowed down by emulation (sshd's `MaxStartups` counting connections
+    /// still in their login grace time) does that now and then.
     pub fn run(&self, remote: &str) -> Result<Output> {
         require_program("ssh", "openssh-client")?;
-        self.command(remote)
-            .output()
-            .with_context(|| format!("running ssh {}:{}", self.host, self.port))
+        let mut tries = 0;
+        loop {
+            let out = self
+                .command(remote)
+                .output()
+                .with_context(|| format!("running ssh {}:{}", self.host, self.port))?;
+            tries += 1;
+            if tries == 3 || !dropped_before_login(&out) {
+                return Ok(out);
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
     }
 
     /// Runs `remote` and returns its stdout, failing with stderr unless it exits 0.
@@ -280,6 +292,13 @@ impl Ssh {
     }
 }
 
+/// Whether ssh gave up before the key exchange (the server closed or reset the connection at
+/// once): nothing ran on the guest.
+fn dropped_before_login(out: &Output) -> bool {
+    out.status.code() == Some(255)
+        && String::from_utf8_lossy(&out.stderr).contains("kex_exchange_identification")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +350,26 @@ mod tests {
     }
 
     /// Nothing listens on a fresh port: the probe fails instead of claiming no password.
+    #[test]
+    fn a_connection_dropped_before_login_is_tried_three_times() {
+        require_program("ssh", "openssh-client").unwrap_or_else(|e| panic!("{e:#}"));
+        // A server that accepts and closes at once, as a guest's sshd over its limit does.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let ssh = Ssh::new(port, "admin", "/nonexistent");
+        let out = ssh.run("true").unwrap();
+        assert!(dropped_before_login(&out), "{out:?}");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
     #[test]
     fn closed_port_is_an_error() {
         require_program("ssh", "openssh-client").unwrap_or_else(|e| panic!("{e:#}"));
