@@ -33,3 +33,6 @@ chroot "$R" systemctl enable systemd-networkd.service systemd-resolved.service
 # Jobs that write to the read-only root or keep records the appliance does not want.
 chroot "$R" systemctl mask apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
     e2scrub_all.timer e2scrub_reap.service
+# Device nodes for modules that are not loaded (fuse, tun, loop-control, sound...): the
+# appliance opens none of them, and the unit sits before udev on every boot.
+chroot "$R" systemctl mask kmod-static-nodes.service

@@ -1,7 +1,7 @@
 //! Where a boot spends its time: boots a copy of a built image set up from a seed file, powers
 //! it off, boots it again, and prints the time to the readiness line of both boots with
-//! `systemd-analyze time`, the critical chain to the readiness report and the slowest units of
-//! the second boot. A measurement for docs/benchmarks.md, not a test.
+//! `systemd-analyze time`, the critical chains to the readiness report and to `/data`, and the
+//! slowest units of the second boot. A measurement for docs/benchmarks.md, not a test.
 //!
 //!     cargo run --release -p appliance-scenarios --example boot_chain -- [IMAGE]
 //!
@@ -61,6 +61,10 @@ fn run() -> Result<()> {
         (
             "critical chain to the readiness report",
             "systemd-analyze critical-chain --no-pager appliance-boot-report.service",
+        ),
+        (
+            "critical chain to /data",
+            "systemd-analyze critical-chain --no-pager data.mount",
         ),
         (
             "slowest units",
