@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use appliance_qemu_tests::test_image;
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
@@ -19,7 +21,15 @@ fn repo_root() -> PathBuf {
         .expect("repository root")
 }
 
-/// Everything the tests share, made once: the key, the lock, the signed locked build.
+/// What every test starts from, made once: the signing key, the lock and the mirror.
+struct Prepared {
+    dir: PathBuf,
+    /// The test image's local .deb directory (`appliance_qemu_tests::test_image`).
+    local_debs: PathBuf,
+    mirror: PathBuf,
+}
+
+/// The signed locked build, made once on top of [`Prepared`].
 struct Signed {
     dir: PathBuf,
     out: PathBuf,
@@ -42,9 +52,13 @@ fn appliance(args: &[&str], env: &[(&str, &Path)]) -> Output {
     out
 }
 
-fn overrides(dir: &Path) -> Vec<String> {
+/// The test image's package set (its local package included), so that `appliance lock` finds
+/// the package layer `builder/tests/image.rs` made in the cache instead of installing it again.
+fn overrides(p: &Prepared) -> Vec<String> {
+    let dir = &p.dir;
     vec![
         "jitsi.enabled=false".into(),
+        format!("packages.local_debs=\"{}\"", p.local_debs.display()),
         format!(
             "updates.trusted_keys=[\"{}\"]",
             dir.join("keys/appliance-signing.pub").display()
@@ -72,24 +86,53 @@ fn run_ok(args: Vec<String>, env: &[(&str, &Path)]) -> Output {
     out
 }
 
-fn signed() -> &'static Signed {
-    static S: OnceLock<Signed> = OnceLock::new();
-    S.get_or_init(|| {
+/// The key, the lock (`appliance lock`) and the mirror (`appliance mirror export`), before
+/// any build: the offline build in another directory and the signed builds here then go on
+/// side by side, and share nothing while they run.
+fn prepared() -> &'static Prepared {
+    static P: OnceLock<Prepared> = OnceLock::new();
+    P.get_or_init(|| {
         let dir = repo_root().join("build/test-supply-chain");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        let local_debs = test_image::local_deb_dir(&test_image::build_dir().join("test-debs"))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let p = Prepared {
+            mirror: dir.join("mirror"),
+            dir,
+            local_debs,
+        };
         run_ok(
             vec![
                 "key".into(),
                 "generate".into(),
                 "--out".into(),
-                dir.join("keys").display().to_string(),
+                p.dir.join("keys").display().to_string(),
             ],
             &[],
         );
-        let key = dir.join("keys/appliance-signing");
-        let sets = overrides(&dir);
+        let sets = overrides(&p);
         run_ok(with_sets(&["lock"], &sets), &[]);
+        run_ok(
+            with_sets(
+                &["mirror", "export", &p.mirror.display().to_string()],
+                &sets,
+            ),
+            &[],
+        );
+        assert!(p.mirror.join("dists/bookworm/InRelease").is_file());
+        assert!(p.mirror.join("repo-key.asc").is_file());
+        p
+    })
+}
+
+fn signed() -> &'static Signed {
+    static S: OnceLock<Signed> = OnceLock::new();
+    S.get_or_init(|| {
+        let p = prepared();
+        let dir = p.dir.clone();
+        let key = dir.join("keys/appliance-signing");
+        let sets = overrides(p);
         // An earlier build of another version (a different system layer, the same packages)
         // leaves the package layer in the cache, so the signed build below is layered: it
         // takes the packages from the cache and makes only the system layer anew. The offline
@@ -455,7 +498,7 @@ fn a_lock_that_no_longer_matches_stops_the_build_and_names_the_packages() {
     let second = name_of(&packages[1]);
     packages[1]["sha256"] = toml::Value::String("0".repeat(64));
     std::fs::write(dir.join("appliance.lock"), toml::to_string(&lock).unwrap()).unwrap();
-    let mut sets = overrides(&s.dir);
+    let mut sets = overrides(prepared());
     sets.push(format!(
         "packages.lock_file=\"{}\"",
         dir.join("appliance.lock").display()
@@ -541,22 +584,14 @@ fn packages_fix(dir: &Path, original: &str, name: &str) {
 #[test]
 fn a_locked_build_from_a_mirror_without_network_in_another_directory_is_identical() {
     let _t = appliance_qemu_tests::timed!();
-    let s = signed();
-    let mirror = s.dir.join("mirror");
-    run_ok(
-        with_sets(
-            &["mirror", "export", &mirror.display().to_string()],
-            &overrides(&s.dir),
-        ),
-        &[],
-    );
-    assert!(mirror.join("dists/bookworm/InRelease").is_file());
-    assert!(mirror.join("repo-key.asc").is_file());
+    // Begun before the signed build is done: the two share only the mirror, made beforehand.
+    let p = prepared();
+    let mirror = &p.mirror;
     // Empty caches, another build directory, and no network at all.
-    let other = s.dir.join("elsewhere");
+    let other = p.dir.join("elsewhere");
     let _ = std::fs::remove_dir_all(&other);
     std::fs::create_dir_all(&other).unwrap();
-    let mut sets = overrides(&s.dir);
+    let mut sets = overrides(p);
     sets.push(format!(
         "packages.cache_dir=\"{}\"",
         other.join("cache").display()
@@ -583,11 +618,12 @@ fn a_locked_build_from_a_mirror_without_network_in_another_directory_is_identica
         .args(&args)
         .env(
             "APPLIANCE_SIGNING_KEY",
-            s.dir.join("keys/appliance-signing"),
+            p.dir.join("keys/appliance-signing"),
         )
         .status()
         .expect("unshare (util-linux)");
     assert!(status.success(), "the offline build failed");
+    let s = signed();
     let a = std::fs::read_to_string(s.out.join("SHA256SUMS")).unwrap();
     let b = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
     assert_eq!(

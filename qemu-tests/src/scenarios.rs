@@ -41,13 +41,26 @@ pub fn first_and_second_boot(
     workdir: &Path,
     timeout: Duration,
 ) -> Result<Vec<BootOutcome>> {
+    boots_of_one_disk(img, &[firmware, firmware], workdir, timeout)
+}
+
+/// Boots `img` once per entry of `firmwares`, in order, from one copy-on-write disk grown to
+/// [`GROWN_DISK_BYTES`]: the first boot must grow and format /data and run first-boot work,
+/// every later one must find it done. Booting the same disk under both firmwares shows that
+/// either one starts the machine another one set up.
+pub fn boots_of_one_disk(
+    img: &ImageUnderTest,
+    firmwares: &[Firmware],
+    workdir: &Path,
+    timeout: Duration,
+) -> Result<Vec<BootOutcome>> {
     // Start clean: console logs of an earlier run must not be mistaken for this one's.
     let _ = std::fs::remove_dir_all(workdir);
     std::fs::create_dir_all(workdir)?;
     let disk = workdir.join("disk.qcow2");
     overlay(&img.image, &disk, GROWN_DISK_BYTES)?;
     let mut outcomes = Vec::new();
-    for boot in 1..=2u64 {
+    for (boot, &firmware) in (1u64..).zip(firmwares) {
         let mut cfg = MachineConfig::new(
             img.arch,
             firmware,

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -108,11 +108,74 @@ pub fn local_deb_dir(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Boots run one at a time within a test binary: two QEMUs under TCG on a small machine would
-/// only slow each other down past their timeouts.
-pub fn one_boot_at_a_time() -> MutexGuard<'static, ()> {
-    static ONE_QEMU_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// only slow each other down past their timeouts. A machine that only waits for a while (a host
+/// sitting in a room, a timer to fire) lends its turn ([`lend_turn_while_idle`]) so that the
+/// next machine can boot meanwhile.
+pub fn one_boot_at_a_time() -> BootTurn {
+    let mut t = turns();
+    // One machine, and one more per lent turn.
+    while t.running > t.lent {
+        t = TURNS.freed.wait(t).unwrap_or_else(|e| e.into_inner());
+    }
+    t.running += 1;
+    BootTurn(())
+}
+
+/// Lets one more machine boot while the caller's machine waits. Dropping the value takes the
+/// turn back: it waits until the machine that started meanwhile is done, so that two machines
+/// are never busy at once.
+pub fn lend_turn_while_idle() -> LentTurn {
+    turns().lent += 1;
+    TURNS.freed.notify_all();
+    LentTurn(())
+}
+
+/// A turn to run a machine, given back when dropped.
+#[must_use = "the turn is given back as soon as this is dropped"]
+pub struct BootTurn(());
+
+/// A turn lent by a waiting machine, taken back when dropped.
+#[must_use = "the turn is taken back as soon as this is dropped"]
+pub struct LentTurn(());
+
+impl Drop for BootTurn {
+    fn drop(&mut self) {
+        turns().running -= 1;
+        TURNS.freed.notify_all();
+    }
+}
+
+impl Drop for LentTurn {
+    fn drop(&mut self) {
+        let mut t = turns();
+        t.lent -= 1;
+        while t.running > 1 + t.lent {
+            t = TURNS.freed.wait(t).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+struct Turns {
+    state: Mutex<TurnState>,
+    freed: Condvar,
+}
+
+struct TurnState {
+    running: u32,
+    lent: u32,
+}
+
+static TURNS: Turns = Turns {
+    state: Mutex::new(TurnState {
+        running: 0,
+        lent: 0,
+    }),
+    freed: Condvar::new(),
+};
+
+fn turns() -> MutexGuard<'static, TurnState> {
     // A test that panicked while holding the lock leaves nothing behind that matters.
-    ONE_QEMU_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+    TURNS.state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// An empty `build/test/<name>` for one test's console logs and disks.
@@ -126,6 +189,46 @@ pub fn workdir(name: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lent_turn_lets_one_more_machine_run() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let first = one_boot_at_a_time();
+        let second_ran = Arc::new(AtomicBool::new(false));
+        let start_second = |flag: Arc<AtomicBool>| {
+            std::thread::spawn(move || {
+                let _t = one_boot_at_a_time();
+                flag.store(true, Ordering::SeqCst);
+            })
+        };
+        let second = start_second(second_ran.clone());
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!second_ran.load(Ordering::SeqCst), "two turns at once");
+        let lent = lend_turn_while_idle();
+        second.join().unwrap();
+        assert!(second_ran.load(Ordering::SeqCst));
+        drop(lent);
+        drop(first);
+        // A lender takes its turn back only once the borrower is done.
+        let first = one_boot_at_a_time();
+        let lent = lend_turn_while_idle();
+        let borrower = std::thread::spawn(|| {
+            let _t = one_boot_at_a_time();
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let taking_back = std::time::Instant::now();
+        drop(lent);
+        assert!(
+            taking_back.elapsed() >= Duration::from_millis(100),
+            "the turn was taken back while the borrower still ran"
+        );
+        borrower.join().unwrap();
+        drop(first);
+        // All given back: the next one gets its turn at once.
+        let _third = one_boot_at_a_time();
+    }
 
     #[test]
     fn the_local_package_is_a_valid_deb() {

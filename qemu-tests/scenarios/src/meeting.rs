@@ -423,6 +423,10 @@ fn machine_b(
     outcome.seconds_to_ready.push(b.seconds_to_ready);
     b.wait_for_ssh()?;
     let id_b = b.step("the machine's identity", |m| identity(&m.ssh))?;
+    // From here machine B only waits: for minutes with a host in a room, then for its idle
+    // timer. In a test binary another machine may boot meanwhile; when B is off, this scenario
+    // goes on once that machine is done too.
+    let _lent = appliance_qemu_tests::test_image::lend_turn_while_idle();
     let held = Duration::from_secs(150);
     b.step("stays on while a host is in a room", |m| {
         let started = Instant::now();

@@ -256,7 +256,6 @@ fn tls_and_power(b: &Built) -> Result<()> {
 fn a_second_disk_with_the_same_image_is_left_alone_and_the_seed_password_is_erased() {
     let _t = appliance_qemu_tests::timed!();
     let b = crate::common::test_image();
-    let _one = test_image::one_boot_at_a_time();
     second_disk(b).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
@@ -299,6 +298,8 @@ fn second_disk(b: &Built) -> Result<()> {
         format: "raw".into(),
     }];
     let ssh = Ssh::new(ports.ssh, "admin", key.private.clone());
+    // The turn covers the machine only: the copies and digests above and below need no QEMU.
+    let turn = test_image::one_boot_at_a_time();
     let m = Session::boot(
         "a machine with a second disk carrying the same image",
         &cfg,
@@ -328,6 +329,7 @@ fn second_disk(b: &Built) -> Result<()> {
     })?;
     let console = m.machine().console_log_path();
     m.power_off_cleanly()?;
+    drop(turn);
     for (i, (name, disk, password)) in disks.iter().enumerate() {
         if *name == root_disk {
             check_password_gone(disk, esp_at, esp_len, &console, password)?;
@@ -399,7 +401,6 @@ fn check_password_gone(
 fn a_seed_file_that_cannot_be_used_leaves_its_password_nowhere() {
     let _t = appliance_qemu_tests::timed!();
     let b = crate::common::test_image();
-    let _one = test_image::one_boot_at_a_time();
     bad_seeds(b).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
@@ -452,6 +453,7 @@ fn bad_seeds(b: &Built) -> Result<()> {
         cfg.system_vendor = vendor.map(str::to_string);
         let ssh = Ssh::new(ports.ssh, "admin", metadata_key.private.clone());
         let name = format!("a seed file with {what}");
+        let turn = test_image::one_boot_at_a_time();
         let m = Session::boot(&name, &cfg, ports, ssh, Setup::Pending, BOOT_WAIT)?;
         say(format!(
             "seed with {what}: ready (waiting for the wizard) after {:.1} s",
@@ -504,6 +506,7 @@ fn bad_seeds(b: &Built) -> Result<()> {
         }
         let console = m.machine().console_log_path();
         m.power_off_cleanly()?;
+        drop(turn);
         check_password_gone(&disk, esp_at, esp_len, &console, password)?;
         say(format!(
             "ok: seed with {what}: its password is on neither the ESP nor the console"

@@ -241,6 +241,9 @@ pub fn update_channel() -> &'static ChannelServer {
 pub fn update_images() -> &'static UpdateImages {
     static BUILT: OnceLock<Result<UpdateImages, String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
+        // The test image first: the machines that boot it wait for it, and the three versions
+        // are then built while they boot (one x86_64 build at a time).
+        let _ = test_image();
         (|| -> Result<UpdateImages> {
             let (key, public_key) = test_signing_key()?;
             let features = test_features()?;
