@@ -1,11 +1,16 @@
 //! Prints the figures the project tracks (docs/benchmarks.md): build time per stage for a cold
-//! build (empty caches), a build with nothing changed, a build after one file of a feature
+//! build (empty caches: every package downloaded and installed), a build with nothing changed, a build after one file of a feature
 //! changed, and a warm build that writes its outputs again; the peak memory of each; image
 //! sizes; and the time to boot to the readiness line in QEMU. A benchmark, not a test: it
 //! measures and prints, it does not judge.
 //!
 //!   cargo run --release --example benchmark -- [--skip-cold] [--no-boot] [--set k=v ...]
+//!   cargo run --release --example benchmark -- --from-nothing  # the cold build compiles appliance-admin too
 //!   cargo run --release --example benchmark -- --squashfs    # compression options instead
+//!
+//! The in-image program appliance-admin is compiled once per checkout (in target/, like the
+//! builder itself), not per cache: unless `--from-nothing` is given, it is compiled first if it
+//! has not been yet, and that compilation's time and peak memory are printed on their own.
 //!
 //! The appliance is built without Jitsi's packages (--set jitsi.enabled=false), so it runs
 //! where Jitsi's repository cannot be reached. It works on a copy of overlays/ in
@@ -16,6 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use appliance::admin_program;
 use appliance::build::{build, BuildOptions, BuildSummary};
 use appliance::config::Config;
 use appliance::progress::human_bytes;
@@ -33,9 +39,11 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut overrides = vec!["jitsi.enabled=false".to_string()];
     let (mut skip_cold, mut boot, mut squashfs) = (false, true, false);
+    let mut from_nothing = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--skip-cold" => skip_cold = true,
+            "--from-nothing" => from_nothing = true,
             "--no-boot" => boot = false,
             "--squashfs" => squashfs = true,
             "--set" => overrides.extend(args.next()),
@@ -60,7 +68,17 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(bench.join("work"));
         let _ = std::fs::remove_dir_all(&out);
         overrides.push(format!("packages.cache_dir=\"{}\"", cold_cache.display()));
-        runs.push(measure("cold", &overrides, &bench, &out)?);
+        if from_nothing {
+            let program = bench.join("cold-program");
+            let _ = std::fs::remove_dir_all(&program);
+            // Read by the build's child process only; this example runs no other thread.
+            std::env::set_var(admin_program::TARGET_DIR_ENV, &program);
+            runs.push(measure("cold", &overrides, &bench, &out)?);
+            std::env::remove_var(admin_program::TARGET_DIR_ENV);
+        } else {
+            compile_program_once(&overrides, &bench)?;
+            runs.push(measure("cold", &overrides, &bench, &out)?);
+        }
     } else {
         runs.push(measure("first", &overrides, &bench, &out)?);
     }
@@ -122,14 +140,31 @@ fn measure(
     let config = Config::load(Path::new("appliance.toml"), overrides)?;
     // Each build in a child process, so its peak memory is its own.
     let summary_file = bench.join("summary.json");
-    // SAFETY: fork in a single-threaded example; the child only runs the build and exits.
+    let (ok, peak_kib) = in_child(|| {
+        let s = build(&config, &BuildOptions::new(out, bench.join("work")))?;
+        std::fs::write(&summary_file, serde_json::to_vec(&s)?)?;
+        Ok(())
+    });
+    if !ok {
+        anyhow::bail!("the {name} build failed");
+    }
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary_file)?)?;
+    Ok(Run {
+        name,
+        summary: serde_json::from_value(summary).context("reading the build summary")?,
+        children_peak_kib: peak_kib,
+    })
+}
+
+/// Runs `f` in a forked child; whether it succeeded, and the peak resident memory (KiB) of the
+/// largest of the child and the programs it ran. (wait4's figure is this child's own, where
+/// RUSAGE_CHILDREN would carry the largest of every earlier one.)
+fn in_child(f: impl FnOnce() -> anyhow::Result<()>) -> (bool, i64) {
+    // SAFETY: fork in a single-threaded example; the child only runs `f` and exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        let code = match build(&config, &BuildOptions::new(out, bench.join("work"))) {
-            Ok(s) => match serde_json::to_vec(&s).map(|j| std::fs::write(&summary_file, j)) {
-                Ok(Ok(())) => 0,
-                _ => 1,
-            },
+        let code = match f() {
+            Ok(()) => 0,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 1
@@ -141,17 +176,30 @@ fn measure(
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: waits for the child just forked, with valid pointers.
     unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if status != 0 {
-        anyhow::bail!("the {name} build failed");
+    (pid > 0 && status == 0, usage.ru_maxrss)
+}
+
+/// Compiles appliance-admin where builds take it from, as the first build on a checkout does,
+/// and prints the time and peak memory (nothing to do when it is compiled already).
+fn compile_program_once(overrides: &[String], bench: &Path) -> anyhow::Result<()> {
+    let config = Config::load(Path::new("appliance.toml"), overrides)?;
+    let target = admin_program::target_dir(&config.resolve(&config.packages.cache_dir));
+    let scratch = bench.join("program-scratch");
+    let started = Instant::now();
+    let (ok, peak_kib) = in_child(|| {
+        admin_program::start(config.image.arch, &target, false).install(&scratch, |_| {})
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    if !ok {
+        anyhow::bail!("compiling appliance-admin failed");
     }
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary_file)?)?;
-    Ok(Run {
-        name,
-        summary: serde_json::from_value(summary).context("reading the build summary")?,
-        // wait4's figure is this build's own: the largest of the child and the programs it
-        // ran. (RUSAGE_CHILDREN would carry the largest of every earlier build.)
-        children_peak_kib: usage.ru_maxrss,
-    })
+    println!(
+        "appliance-admin in {} (once per checkout, not part of the cold build): {:.1} s, peak {} MiB",
+        target.display(),
+        started.elapsed().as_secs_f64(),
+        peak_kib / 1024
+    );
+    Ok(())
 }
 
 fn rusage_max_kib(who: i32) -> i64 {

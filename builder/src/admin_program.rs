@@ -17,6 +17,27 @@ pub const IMAGE_PATH: &str = "usr/bin/appliance-admin";
 /// (for example when building from a release without the source tree).
 pub const PREBUILT_ENV: &str = "APPLIANCE_ADMIN_BIN";
 
+/// Set to a directory to compile the program there instead of in the workspace's `target/`.
+pub const TARGET_DIR_ENV: &str = "APPLIANCE_ADMIN_TARGET_DIR";
+
+/// Where cargo compiles the program: [`TARGET_DIR_ENV`] if set, else
+/// `<workspace>/target/appliance-admin`. The program depends on the builder's source, not on
+/// the image's settings, so it is compiled once per checkout (like the builder itself), and a
+/// new or emptied package cache does not compile it again. Where the workspace's `target/`
+/// cannot be written (a read-only source tree), `<cache_dir>/cargo-target` is used. The path
+/// never reaches the program's bytes (see [`remap_flags`]).
+pub fn target_dir(cache_dir: &Path) -> PathBuf {
+    if let Some(dir) = std::env::var_os(TARGET_DIR_ENV) {
+        return PathBuf::from(dir);
+    }
+    let in_workspace = workspace_dir().join("target/appliance-admin");
+    if std::fs::create_dir_all(&in_workspace).is_ok() {
+        in_workspace
+    } else {
+        cache_dir.join("cargo-target")
+    }
+}
+
 /// The Rust target the image's architecture runs. glibc targets: the image is Debian 12, and so
 /// is the host the build runs on, so the program links against the same glibc.
 pub fn rust_target(arch: Arch) -> &'static str {

@@ -587,7 +587,8 @@ fn a_locked_build_from_a_mirror_without_network_in_another_directory_is_identica
     // Begun before the signed build is done: the two share only the mirror, made beforehand.
     let p = prepared();
     let mirror = &p.mirror;
-    // Empty caches, another build directory, and no network at all.
+    // Empty caches, another build directory, the in-image program compiled anew, and no
+    // network at all.
     let other = p.dir.join("elsewhere");
     let _ = std::fs::remove_dir_all(&other);
     std::fs::create_dir_all(&other).unwrap();
@@ -620,6 +621,9 @@ fn a_locked_build_from_a_mirror_without_network_in_another_directory_is_identica
             "APPLIANCE_SIGNING_KEY",
             p.dir.join("keys/appliance-signing"),
         )
+        // The in-image program compiled again, in another directory and without network:
+        // its bytes must not depend on where or when it was compiled either.
+        .env("APPLIANCE_ADMIN_TARGET_DIR", other.join("cargo-target"))
         .status()
         .expect("unshare (util-linux)");
     assert!(status.success(), "the offline build failed");

@@ -22,7 +22,7 @@ pub struct BuildCtx<'a> {
     pub opts: &'a BuildOptions,
     /// `<build_dir>/<name>-<arch>`: intermediate files of this image.
     pub work: PathBuf,
-    /// `[packages] cache_dir`: downloaded packages, root tarballs, the in-image program's build.
+    /// `[packages] cache_dir`: downloaded packages, package layers, the local repository's key.
     pub cache_dir: PathBuf,
     pub features: Vec<Feature>,
     pub ids: Identifiers,

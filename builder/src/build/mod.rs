@@ -106,7 +106,7 @@ fn run_stages(ctx: &mut BuildCtx) -> Result<BuildSummary> {
     // The in-image program compiles beside the first stages; the system layer takes it.
     let admin = crate::admin_program::start(
         ctx.config.image.arch,
-        &ctx.cache_dir.join("cargo-target"),
+        &crate::admin_program::target_dir(&ctx.cache_dir),
         ctx.opts.offline,
     );
     let keyrings = ctx.stage("keys", keys::verify)?;
