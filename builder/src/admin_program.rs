@@ -20,8 +20,8 @@ pub const PREBUILT_ENV: &str = "APPLIANCE_ADMIN_BIN";
 /// Set to a directory to compile the program there instead of in the workspace's `target/`.
 pub const TARGET_DIR_ENV: &str = "APPLIANCE_ADMIN_TARGET_DIR";
 
-/// Where cargo compiles the program: [`TARGET_DIR_ENV`] if set, else
-/// `<workspace>/target/appliance-admin`. The program depends on the builder's source, not on
+/// Where cargo compiles the program (in a subdirectory per architecture): [`TARGET_DIR_ENV`]
+/// if set, else `<workspace>/target/appliance-admin`. The program depends on the builder's source, not on
 /// the image's settings, so it is compiled once per checkout (like the builder itself), and a
 /// new or emptied package cache does not compile it again. Where the workspace's `target/`
 /// cannot be written (a read-only source tree), `<cache_dir>/cargo-target` is used. The path
@@ -288,6 +288,9 @@ fn compile(
         );
     }
     let target = rust_target(arch);
+    // One directory per architecture: cargo locks a target directory for the whole of a
+    // compilation, and an arm64 build beside an x86_64 one must not wait for it.
+    let target_dir = &target_dir.join(arch.to_string());
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&workspace)
