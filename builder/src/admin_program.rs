@@ -21,9 +21,9 @@ pub const PREBUILT_ENV: &str = "APPLIANCE_ADMIN_BIN";
 pub const TARGET_DIR_ENV: &str = "APPLIANCE_ADMIN_TARGET_DIR";
 
 /// Where cargo compiles the program (in a subdirectory per architecture): [`TARGET_DIR_ENV`]
-/// if set, else `<workspace>/target/appliance-admin`. The program depends on the builder's source, not on
-/// the image's settings, so it is compiled once per checkout (like the builder itself), and a
-/// new or emptied package cache does not compile it again. Where the workspace's `target/`
+/// if set, else `<workspace>/target/appliance-admin`. The program depends on the builder's
+/// source, not on the image's settings, so it is compiled once per checkout (like the builder
+/// itself), and a new or emptied package cache does not compile it again. Where the workspace's `target/`
 /// cannot be written (a read-only source tree), `<cache_dir>/cargo-target` is used. The path
 /// never reaches the program's bytes (see [`remap_flags`]).
 pub fn target_dir(cache_dir: &Path) -> PathBuf {
@@ -398,6 +398,18 @@ mod tests {
                 Some("aarch64-linux-gnu-gcc")
             );
         }
+    }
+
+    #[test]
+    fn the_program_compiles_in_the_workspace_unless_told_otherwise() {
+        let cache = Path::new("/nonexistent/cache");
+        let dir = target_dir(cache);
+        assert!(dir.ends_with("target/appliance-admin"), "{}", dir.display());
+        // Only this test sets the variable, and it removes it before returning.
+        std::env::set_var(TARGET_DIR_ENV, "/elsewhere/admin");
+        let chosen = target_dir(cache);
+        std::env::remove_var(TARGET_DIR_ENV);
+        assert_eq!(chosen, Path::new("/elsewhere/admin"));
     }
 
     #[test]
