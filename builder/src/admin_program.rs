@@ -23,9 +23,9 @@ pub const TARGET_DIR_ENV: &str = "APPLIANCE_ADMIN_TARGET_DIR";
 /// Where cargo compiles the program (in a subdirectory per architecture): [`TARGET_DIR_ENV`]
 /// if set, else `<workspace>/target/appliance-admin`. The program depends on the builder's
 /// source, not on the image's settings, so it is compiled once per checkout (like the builder
-/// itself), and a new or emptied package cache does not compile it again. Where the workspace's `target/`
-/// cannot be written (a read-only source tree), `<cache_dir>/cargo-target` is used. The path
-/// never reaches the program's bytes (see [`remap_flags`]).
+/// itself), and a new or emptied package cache does not compile it again. Where the
+/// workspace's `target/` cannot be written (a read-only source tree), `<cache_dir>/cargo-target`
+/// is used. The path never reaches the program's bytes (see [`remap_flags`]).
 pub fn target_dir(cache_dir: &Path) -> PathBuf {
     if let Some(dir) = std::env::var_os(TARGET_DIR_ENV) {
         return PathBuf::from(dir);
