@@ -1,11 +1,11 @@
 //! Prints the figures the project tracks (docs/benchmarks.md): build time per stage for a cold
 //! build (empty caches: every package downloaded and installed), a build with nothing changed,
-//! a build after one file of a feature changed, and a warm build that writes its outputs again; the peak memory of each; image
-//! sizes; and the time to boot to the readiness line in QEMU. A benchmark, not a test: it
-//! measures and prints, it does not judge.
+//! a build after one file of a feature changed, and a warm build that writes its outputs again;
+//! the peak memory of each; image sizes; and the time to boot to the readiness line in QEMU. A
+//! benchmark, not a test: it measures and prints, it does not judge.
 //!
 //!   cargo run --release --example benchmark -- [--skip-cold] [--no-boot] [--set k=v ...]
-//!   cargo run --release --example benchmark -- --from-nothing  # cold build compiles appliance-admin
+//!   cargo run --release --example benchmark -- --from-nothing  # also compile appliance-admin
 //!   cargo run --release --example benchmark -- --squashfs      # compression options instead
 //!
 //! The in-image program appliance-admin is compiled once per checkout (in target/, like the
