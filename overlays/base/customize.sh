@@ -36,3 +36,24 @@ chroot "$R" systemctl mask apt-daily.timer apt-daily-upgrade.timer dpkg-db-backu
 # Device nodes for modules that are not loaded (fuse, tun, loop-control, sound...): the
 # appliance opens none of them, and the unit sits before udev on every boot.
 chroot "$R" systemctl mask kmod-static-nodes.service
+# What systemd would otherwise do on every boot for features the appliance does not use: the
+# kernel's debug, trace, huge-page, FUSE and configfs file systems and the modules behind them,
+# the DRM module logind loads ahead of a display, partitioning by systemd-repart (the data
+# partition is prepared by appliance-prepare-data), network settings from the kernel command line.
+# systemd-pstore would keep the kernel's crash records (from EFI variables) under /var/lib:
+# records, which the appliance does not keep.
+chroot "$R" systemctl mask sys-kernel-debug.mount sys-kernel-tracing.mount dev-hugepages.mount \
+    sys-fs-fuse-connections.mount sys-kernel-config.mount modprobe@drm.service \
+    systemd-repart.service systemd-pstore.service
+chroot "$R" systemctl disable systemd-network-generator.service
+# Generators run at every start of systemd and every reload. Left: fstab (the mounts), getty
+# (the serial console's login) and veritysetup (the root's verity unit). Gone: discovering
+# partitions by type (the root is named on the command line and the rest in /etc/fstab),
+# encrypted, integrity-checked and hibernated volumes, SysV scripts and rc.local (every service
+# has a unit), units from the kernel command line (systemd.run=, systemd.debug_shell: a root
+# shell on the console) and offline updates.
+mkdir -p "$R/etc/systemd/system-generators"
+for generator in gpt-auto cryptsetup integritysetup hibernate-resume sysv rc-local run debug \
+    system-update; do
+    ln -sf /dev/null "$R/etc/systemd/system-generators/systemd-$generator-generator"
+done

@@ -21,6 +21,7 @@ use crate::paths::Paths;
 use crate::runner::{Cmd, Runner};
 use crate::steps::Ctx;
 use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -174,6 +175,37 @@ pub fn pair_matches(runner: &mut dyn Runner, cert: &Path, key: &Path) -> Result<
     Ok(from_cert.success && from_key.success && a.contains("PUBLIC KEY") && a == b)
 }
 
+/// In a pair's directory: the SHA-256 of its certificate and key once [`pair_matches`] said they
+/// belong together. Asking openssl takes two programs (about 1 s at every boot on a slow or
+/// emulated processor); a pair whose files have not changed since is not asked about again.
+const MATCHED: &str = "matched.sha256";
+
+/// The line [`MATCHED`] holds for the pair in `dir`, or None when a file cannot be read.
+fn pair_digest(dir: &Path) -> Option<String> {
+    let cert = fs::read(dir.join("cert.pem")).ok()?;
+    let key = fs::read(dir.join("key.pem")).ok()?;
+    Some(format!(
+        "{} {}\n",
+        hex::encode(Sha256::digest(&cert)),
+        hex::encode(Sha256::digest(&key))
+    ))
+}
+
+/// [`pair_matches`] for the pair in `dir`, remembered in [`MATCHED`] while its files stay the same.
+fn pair_in_dir_matches(runner: &mut dyn Runner, dir: &Path) -> Result<bool> {
+    let digest = pair_digest(dir);
+    let memo = dir.join(MATCHED);
+    if digest.is_some() && fs::read_to_string(&memo).ok() == digest {
+        return Ok(true);
+    }
+    let matches = pair_matches(runner, &dir.join("cert.pem"), &dir.join("key.pem"))?;
+    if let (true, Some(digest)) = (matches, digest) {
+        // Only a time saver: if it cannot be written, the next boot asks openssl again.
+        let _ = fsutil::atomic_write(&memo, digest.as_bytes(), 0o644, None);
+    }
+    Ok(matches)
+}
+
 /// Before nginx starts: the key and certificate in use must belong together. Otherwise go back
 /// to the newest other pair that does, or make a new self-signed certificate. Every repair is
 /// said on the console.
@@ -193,8 +225,7 @@ pub fn check_at_boot(ctx: &mut Ctx) -> Result<()> {
     // A power cut while the stable links were first made leaves one of them behind.
     switch_to(&paths, in_use)?;
     let ok = |ctx: &mut Ctx, n: u64| -> Result<bool> {
-        let dir = pairs_dir(&paths).join(n.to_string());
-        pair_matches(ctx.runner, &dir.join("cert.pem"), &dir.join("key.pem"))
+        pair_in_dir_matches(ctx.runner, &pairs_dir(&paths).join(n.to_string()))
     };
     match ok(ctx, in_use) {
         Ok(true) => return Ok(()),
@@ -280,6 +311,11 @@ pub(crate) mod tests {
     }
 
     fn boot_check(paths: &Paths) -> String {
+        boot_check_counting(paths).0
+    }
+
+    /// What the boot check said, and how many times it ran openssl.
+    fn boot_check_counting(paths: &Paths) -> (String, usize) {
         let mut runner = RecordingRunner::with_handler(fake_openssl);
         let mut out = Vec::new();
         check_at_boot(&mut Ctx {
@@ -289,7 +325,33 @@ pub(crate) mod tests {
             from_boot: true,
         })
         .unwrap();
-        String::from_utf8(out).unwrap()
+        let openssl = runner
+            .commands
+            .iter()
+            .filter(|c| c.program == "openssl")
+            .count();
+        (String::from_utf8(out).unwrap(), openssl)
+    }
+
+    #[test]
+    fn a_pair_that_matched_is_not_checked_again_until_a_file_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = machine(d.path());
+        answers().save(&paths.answers()).unwrap();
+        install_pair(&paths, b"CERT 1", b"KEY 1").unwrap();
+        assert_eq!(boot_check_counting(&paths), (String::new(), 2));
+        assert_eq!(
+            boot_check_counting(&paths),
+            (String::new(), 0),
+            "the second boot remembers the first one's answer"
+        );
+        // The key in use changes behind the check's back: asked again, and repaired.
+        let key = pairs_dir(&paths).join("1/key.pem");
+        fs::write(&key, "KEY other").unwrap();
+        let (said, openssl) = boot_check_counting(&paths);
+        assert!(said.contains("do not belong together"), "{said}");
+        assert!(openssl >= 2, "{openssl}");
+        assert_eq!(in_use(&paths), ("CERT new".into(), "KEY new".into()));
     }
 
     fn in_use(paths: &Paths) -> (String, String) {

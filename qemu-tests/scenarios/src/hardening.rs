@@ -100,17 +100,30 @@ pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
     r.checks
         .push("nftables: input and forward drop by default".into());
 
-    // The test machines' processor (QEMU's `-cpu max`) offers virtualisation, so the kernel
-    // would load KVM for it unless /etc/modprobe.d/appliance-boot.conf stops it.
+    // The test machines' processor (QEMU's `-cpu max`) offers virtualisation and AES, GHASH,
+    // SHA-1 and SHA-512 instructions, and OVMF has EFI variables, so the kernel would load
+    // these modules unless /etc/modprobe.d/appliance-boot.conf stops it.
     let modules = ssh.run_ok("cat /proc/modules")?;
     if let Some(m) = modules
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .find(|m| m.starts_with("kvm"))
+        .find(|m| unwanted_module(m))
     {
-        bail!("the kernel module {m} is loaded: the appliance runs no virtual machines");
+        bail!(
+            "the kernel module {m} is loaded: the appliance runs no virtual machines, encrypts \
+             nothing in the kernel and keeps no crash records (/etc/modprobe.d/appliance-boot.conf)"
+        );
     }
-    r.checks.push("no KVM module is loaded".into());
+    r.checks
+        .push("no KVM, kernel cipher or EFI crash-record module is loaded".into());
+
+    // Masked in the image: the kernel's debug and trace file systems expose its internals to
+    // root, and nothing on the appliance reads them.
+    let mounted = ssh.run_ok("findmnt -rn -o FSTYPE,TARGET -t debugfs,tracefs || true")?;
+    if !mounted.trim().is_empty() {
+        bail!("debugfs or tracefs is mounted:\n{mounted}");
+    }
+    r.checks.push("debugfs and tracefs are not mounted".into());
 
     let units = if jitsi {
         "nginx.service prosody.service coturn.service jicofo.service jitsi-videobridge2.service"
@@ -130,6 +143,19 @@ pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
     }
 
     Ok(r)
+}
+
+/// Kernel modules that must not be loaded on the appliance (`/etc/modprobe.d/appliance-boot.conf`).
+fn unwanted_module(name: &str) -> bool {
+    name.starts_with("kvm")
+        || [
+            "aesni_intel",
+            "ghash_clmulni_intel",
+            "sha1_ssse3",
+            "sha512_ssse3",
+            "efi_pstore",
+        ]
+        .contains(&name)
 }
 
 /// Lynis' findings after [`lynis_index`] ran: its warnings and suggestions (test id and text).
