@@ -63,8 +63,8 @@ fn run() -> Result<()> {
     let busy = second.step("processor time", |s| {
         s.ssh.run_ok(
             "read up idle < /proc/uptime; echo \"uptime ${up} s, processors idle ${idle} s in all\"; \
-             systemctl show -p Id -p CPUUsageNSec --type=service,mount,socket \
-             $(systemctl list-units --no-legend --plain --type=service,mount,socket | cut -d' ' -f1) \
+             systemctl show -p Id -p CPUUsageNSec -- \
+             $(systemctl list-units --no-legend --plain --type=service,mount,socket,scope | awk '{print $1}') \
              | awk -F= '/^CPUUsageNSec=[0-9]/ {t=$2} /^Id=/ {id=$2} /^$/ {if (t) printf \"%6.2f s %s\\n\", t/1e9, id; t=0} \
              END {if (t) printf \"%6.2f s %s\\n\", t/1e9, id}' | sort -rn | head -n 20",
         )
