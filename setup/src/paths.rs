@@ -43,6 +43,16 @@ impl Paths {
         self.at("/data/appliance")
     }
 
+    /// Prosody's HTTP listener (BOSH and WebSocket, behind nginx), waited for only on the machine
+    /// itself (root `/`), never when the paths point into a test directory.
+    pub fn prosody_http(&self) -> Option<std::net::SocketAddr> {
+        if self.root == std::path::Path::new("/") {
+            "127.0.0.1:5280".parse().ok()
+        } else {
+            None
+        }
+    }
+
     /// The cloud metadata service, asked only on the machine itself (root `/`), never when the
     /// paths point into a test directory.
     pub fn metadata_service(&self) -> Option<std::net::SocketAddr> {

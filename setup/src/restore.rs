@@ -341,6 +341,8 @@ pub fn run(ctx: &mut Ctx, input: &mut dyn Read, passphrase: &str, force: bool) -
     // nothing is running yet and this changes nothing.
     services::restart_meeting_services(ctx)?;
     services::reload_ssh(ctx)?;
+    // "Now serves" must be true when it is said: hosts sign in through Prosody.
+    services::wait_for_prosody(ctx, std::time::Duration::from_secs(60));
     let hosts: Vec<&str> = plan.accounts.iter().map(|(u, _)| u.as_str()).collect();
     ctx.say(&format!(
         "restore: this machine now serves {} with the hosts {}, the certificate and the SSH host keys of the machine the backup was made on.",

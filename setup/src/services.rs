@@ -24,6 +24,28 @@ pub fn restart_meeting_services(ctx: &mut Ctx) -> Result<()> {
     ctx.systemctl(&["reload-or-restart", "nginx.service"])
 }
 
+/// Waits until Prosody accepts connections on its HTTP port, at most `timeout`. systemd calls
+/// prosody.service started as soon as the program runs (Type=simple), seconds before it
+/// listens; until then nginx answers the meeting page's BOSH and WebSocket requests with 502.
+/// Says so when the time runs out; the caller goes on either way.
+pub fn wait_for_prosody(ctx: &mut Ctx, timeout: std::time::Duration) {
+    let Some(addr) = ctx.paths.prosody_http() else {
+        return;
+    };
+    let start = std::time::Instant::now();
+    let step = std::time::Duration::from_millis(250);
+    while std::net::TcpStream::connect_timeout(&addr, step).is_err() {
+        if start.elapsed() >= timeout {
+            ctx.say(&format!(
+                "Prosody does not answer on {addr} yet (after {} s); meetings start once it does: `systemctl status prosody` says why not",
+                timeout.as_secs()
+            ));
+            return;
+        }
+        std::thread::sleep(step);
+    }
+}
+
 /// A new TLS pair is in place: nginx reloads it, coturn restarts to read it (Prosody's own
 /// listeners are on loopback and read it at their next start).
 pub fn certificate_changed(ctx: &mut Ctx) -> Result<()> {
