@@ -43,24 +43,24 @@ impl Paths {
         self.at("/data/appliance")
     }
 
-    /// Prosody's HTTP listener (BOSH and WebSocket, behind nginx), waited for only on the machine
-    /// itself (root `/`), never when the paths point into a test directory.
-    pub fn prosody_http(&self) -> Option<std::net::SocketAddr> {
+    /// `addr`, only on the machine itself (root `/`), never when the paths point into a test
+    /// directory: network services are talked to only where they are this machine's.
+    fn on_the_machine(&self, addr: &str) -> Option<std::net::SocketAddr> {
         if self.root == std::path::Path::new("/") {
-            "127.0.0.1:5280".parse().ok()
+            addr.parse().ok()
         } else {
             None
         }
     }
 
-    /// The cloud metadata service, asked only on the machine itself (root `/`), never when the
-    /// paths point into a test directory.
+    /// Prosody's HTTP listener (BOSH and WebSocket, behind nginx), waited for on the machine.
+    pub fn prosody_http(&self) -> Option<std::net::SocketAddr> {
+        self.on_the_machine("127.0.0.1:5280")
+    }
+
+    /// The cloud metadata service, asked only on the machine itself.
     pub fn metadata_service(&self) -> Option<std::net::SocketAddr> {
-        if self.root == std::path::Path::new("/") {
-            crate::cloud::METADATA.parse().ok()
-        } else {
-            None
-        }
+        self.on_the_machine(crate::cloud::METADATA)
     }
     pub fn answers(&self) -> PathBuf {
         self.at("/data/appliance/answers.toml")
