@@ -11,6 +11,7 @@ use crate::render::{self, Phase};
 use crate::runner::Cmd;
 use crate::schema;
 use crate::seedfile;
+use crate::services;
 use crate::sshkeys;
 use crate::steps::{self, Ctx};
 use crate::tls;
@@ -70,6 +71,9 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     // A VPS started without a key from the build: the provider's metadata service may have the
     // user's keys, which let them run the wizard over SSH. Only a known cloud is asked.
     if sshkeys::installed(&paths)?.is_empty() {
+        if cloud::identify(&paths).cloud.is_some() {
+            services::wait_for_network(ctx);
+        }
         let (id, keys) = cloud::provider_keys(&paths, paths.metadata_service());
         match id.cloud {
             None => ctx.say(&format!(
@@ -332,6 +336,28 @@ mod tests {
         r.unwrap();
         assert!(out.contains("setup: this machine is not on a known cloud (DMI sys_vendor \"QEMU\", product_name \"Standard PC (Q35 + ICH9, 2009)\"); no SSH key is taken from a metadata service"), "{out}");
         assert!(!paths.admin_authorized_keys().exists());
+    }
+
+    #[test]
+    fn only_a_machine_on_a_known_cloud_waits_for_the_network() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = machine(d.path());
+        let dmi = paths.at("/sys/class/dmi/id");
+        fs::create_dir_all(&dmi).unwrap();
+        fs::write(dmi.join("sys_vendor"), "QEMU\n").unwrap();
+        let mut runner = RecordingRunner::new();
+        boot(&paths, &mut runner).0.unwrap();
+        assert!(runner.commands.is_empty(), "{:?}", runner.lines());
+        // appliance-setup.service is not ordered after network-online.target: the metadata
+        // service is asked only once systemd has reached it.
+        fs::write(dmi.join("sys_vendor"), "Hetzner\n").unwrap();
+        let (r, out) = boot(&paths, &mut runner);
+        r.unwrap();
+        assert_eq!(runner.lines(), ["systemctl start network-online.target"]);
+        assert!(
+            out.contains("Hetzner Cloud's metadata service gave no SSH key"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! *starts* them (a no-op for running ones); after a settings change or a restore, the ones
 //! already running must restart to read their new configuration files.
 
+use crate::runner::Cmd;
 use crate::steps::Ctx;
 use anyhow::Result;
 
@@ -43,6 +44,22 @@ pub fn wait_for_prosody(ctx: &mut Ctx, timeout: std::time::Duration) {
             return;
         }
         std::thread::sleep(step);
+    }
+}
+
+/// appliance-setup.service is not ordered after network-online.target: a machine already set
+/// up needs no network to boot, and waiting for it would hold back the meeting services. The
+/// one thing `appliance-admin boot` fetches (SSH keys from a cloud's metadata service) waits
+/// here until systemd has reached it (or given up on it: systemd-networkd-wait-online has its
+/// own time limit).
+pub fn wait_for_network(ctx: &mut Ctx) {
+    let started = ctx
+        .runner
+        .check(&Cmd::new("systemctl").args(["start", "network-online.target"]));
+    if let Err(e) = started {
+        ctx.say(&format!(
+            "setup: the network is not up ({e:#}); trying the metadata service anyway"
+        ));
     }
 }
 

@@ -52,6 +52,8 @@ impl Machine {
         let sys = root.join("sys");
         fs::create_dir_all(sys.join("class/block")).unwrap();
         fs::create_dir_all(sys.join("block/dm-0/slaves")).unwrap();
+        fs::create_dir_all(sys.join("block/dm-0/dm")).unwrap();
+        fs::write(sys.join("block/dm-0/dm/name"), "root\n").unwrap();
         fs::create_dir_all(root.join("dev/mapper")).unwrap();
         fs::create_dir_all(root.join("dev/disk/appliance")).unwrap();
         fs::write(root.join("dev/dm-0"), "").unwrap();
@@ -179,11 +181,23 @@ fn the_root_disk_is_found_through_sysfs() {
         "another disk's partition"
     );
     assert!(!m.run("root-disk", &["sdz9"], "").0, "no such partition");
+    // Another device-mapper device, on the other disk, is not the root.
+    let other = m.root.join("sys/block/dm-1");
+    fs::create_dir_all(other.join("dm")).unwrap();
+    fs::create_dir_all(other.join("slaves")).unwrap();
+    fs::write(other.join("dm/name"), "other\n").unwrap();
+    fs::write(other.join("slaves/sdb3"), "").unwrap();
+    assert_eq!(m.run("root-disk", &[], "").1, "sda\n");
     // A root spread over two disks is not trusted.
     fs::write(m.root.join("sys/block/dm-0/slaves/sdb4"), "").unwrap();
     let (ok, said, _) = m.run("root-disk", &[], "");
     assert!(!ok);
     assert!(said.contains("two disks"), "{said}");
+    // No device-mapper device is named root: not started from a verified root.
+    fs::remove_file(m.root.join("sys/block/dm-0/dm/name")).unwrap();
+    let (ok, said, _) = m.run("root-disk", &[], "");
+    assert!(!ok);
+    assert!(said.contains("there is no /dev/mapper/root"), "{said}");
 }
 
 /// The root's data (partition 3) and verity tree (partition 4) PARTUUIDs, the same on both
