@@ -5,6 +5,7 @@
 
 use crate::answers::{self, Answers};
 use crate::cloud;
+use crate::esp_read;
 use crate::fsutil;
 use crate::paths::Paths;
 use crate::render::{self, Phase};
@@ -141,28 +142,25 @@ struct Outcome {
     invalid_copy: Option<String>,
 }
 
-/// Look for the seed on the ESP (mounted read-only), use it, then remove it (the ESP mounted
-/// read-write only for that). Returns answers for a complete seed.
+/// Look for the seed on the ESP, use it, then remove it (the ESP mounted read-write only for
+/// that). Returns answers for a complete seed.
 fn read_seed(ctx: &mut Ctx) -> Result<Option<Answers>> {
     let paths = ctx.paths.clone();
     if !paths.esp_device().exists() {
         return Ok(None);
     }
-    if let Err(e) = mount_esp(ctx, false) {
-        ctx.say(&format!(
-            "setup: cannot look for {SEED_FILE} on the boot partition: {e:#}"
-        ));
-        return Ok(None);
-    }
-    let seed_path = paths.esp_mount().join(SEED_FILE);
-    let read = fs::read(&seed_path);
-    umount_esp(ctx);
+    // Read without mounting (there is no seed at almost every boot); should fatfs not read this
+    // file system, the kernel's FAT driver, mounted read-only, does.
+    let read = match esp_read::root_file(&paths.esp_device(), SEED_FILE) {
+        Ok(found) => Ok(found),
+        Err(_) => read_seed_mounted(ctx),
+    };
     let bytes = match read {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
         Err(e) => {
             ctx.say(&format!(
-                "setup: cannot read {SEED_FILE} on the boot partition: {e}"
+                "setup: cannot look for {SEED_FILE} on the boot partition: {e:#}"
             ));
             return Ok(None);
         }
@@ -170,6 +168,18 @@ fn read_seed(ctx: &mut Ctx) -> Result<Option<Answers>> {
     let outcome = use_seed(ctx, &bytes)?;
     remove_seed(ctx, outcome.invalid_copy.as_deref());
     Ok(outcome.answers)
+}
+
+/// The seed's bytes, read with the ESP mounted read-only; `None` when there is no seed.
+fn read_seed_mounted(ctx: &mut Ctx) -> Result<Option<Vec<u8>>> {
+    mount_esp(ctx, false)?;
+    let read = fs::read(ctx.paths.esp_mount().join(SEED_FILE));
+    umount_esp(ctx);
+    match read {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).context(format!("cannot read {SEED_FILE}")),
+    }
 }
 
 /// Store what the seed says (answers, or keys and wizard defaults), or explain why it cannot
@@ -274,6 +284,38 @@ mod tests {
         if let Some(s) = seed {
             fs::write(paths.esp_mount().join(SEED_FILE), s).unwrap();
         }
+    }
+
+    /// The ESP as a FAT file system, which boot reads without mounting. The seed is also put
+    /// where a read-write mount would show it (the test's mount does nothing).
+    fn with_fat_esp(paths: &Paths, seed: Option<&str>) {
+        with_esp(paths, seed);
+        let files: Vec<(&str, &[u8])> = seed.iter().map(|s| (SEED_FILE, s.as_bytes())).collect();
+        crate::esp_read::tests::fat_image(&paths.esp_device(), &files);
+    }
+
+    #[test]
+    fn a_fat_esp_is_read_without_mounting_it_and_mounted_only_to_erase_a_seed() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = machine(d.path());
+        with_fat_esp(&paths, None);
+        let mut runner = RecordingRunner::new();
+        let (r, out) = boot(&paths, &mut runner);
+        r.unwrap();
+        assert!(runner.commands.is_empty(), "{:?}", runner.lines());
+        assert!(out.contains("waiting for the setup questions"), "{out}");
+
+        let d = tempfile::tempdir().unwrap();
+        let paths = machine(d.path());
+        with_fat_esp(&paths, Some(&complete_seed("alice")));
+        let mut runner = RecordingRunner::with_handler(fake_openssl);
+        let (r, out) = boot(&paths, &mut runner);
+        r.unwrap();
+        assert!(out.ends_with("setup: complete\n"), "{out}");
+        let lines = runner.lines();
+        assert!(lines[0].starts_with("mount -t vfat -o rw,"), "{lines:?}");
+        assert!(lines[1].starts_with("umount"), "{lines:?}");
+        assert!(esp_files(&paths).is_empty(), "{:?}", esp_files(&paths));
     }
 
     /// A second name for the seed's inode: after boot it shows what is left in its blocks.
@@ -388,7 +430,8 @@ mod tests {
             .unwrap()
             .unwrap()
             .verify(PASSWORD));
-        // Read with the ESP read-only; read-write only to erase the seed.
+        // This ESP is no FAT file system fatfs reads (an empty file): the kernel's driver reads
+        // it, mounted read-only; read-write only to erase the seed.
         let lines = runner.lines();
         assert!(lines[0].starts_with("mount -t vfat -o ro,"), "{lines:?}");
         assert!(lines[1].starts_with("umount"), "{lines:?}");

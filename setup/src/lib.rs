@@ -11,6 +11,7 @@ pub mod backup_cli;
 pub mod boot;
 pub mod cloud;
 pub mod domain;
+pub mod esp_read;
 pub mod fsutil;
 pub mod hosts;
 pub mod lock;
