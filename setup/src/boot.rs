@@ -72,10 +72,11 @@ pub fn run(ctx: &mut Ctx) -> Result<()> {
     // A VPS started without a key from the build: the provider's metadata service may have the
     // user's keys, which let them run the wizard over SSH. Only a known cloud is asked.
     if sshkeys::installed(&paths)?.is_empty() {
-        if cloud::identify(&paths).cloud.is_some() {
+        let id = cloud::identify(&paths);
+        if id.cloud.is_some() {
             services::wait_for_network(ctx);
         }
-        let (id, keys) = cloud::provider_keys(&paths, paths.metadata_service());
+        let keys = cloud::provider_keys(&id, paths.metadata_service());
         match id.cloud {
             None => ctx.say(&format!(
                 "setup: {}; no SSH key is taken from a metadata service",

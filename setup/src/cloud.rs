@@ -248,15 +248,13 @@ pub fn keys_from(addr: SocketAddr, cloud: Cloud) -> Vec<String> {
     unique
 }
 
-/// Before setup, with no key for the admin yet: the keys the provider has for this machine, or
-/// none when the machine names no known cloud (then nothing is sent at all).
-pub fn provider_keys(paths: &Paths, addr: Option<SocketAddr>) -> (Identity, Vec<String>) {
-    let id = identify(paths);
-    let keys = match (id.cloud, addr) {
+/// Before setup, with no key for the admin yet: the keys the provider has for the machine `id`
+/// names, or none when it names no known cloud (then nothing is sent at all).
+pub fn provider_keys(id: &Identity, addr: Option<SocketAddr>) -> Vec<String> {
+    match (id.cloud, addr) {
         (Some(cloud), Some(addr)) => keys_from(addr, cloud),
         _ => Vec::new(),
-    };
-    (id, keys)
+    }
 }
 
 /// Keys in any of the providers' formats: one per line, optionally as a YAML list item
@@ -413,7 +411,7 @@ mod tests {
             let id = identify(&paths);
             assert_eq!(id.cloud, None, "{fields:?}");
             assert!(id.why.contains("not on a known cloud"), "{}", id.why);
-            assert!(provider_keys(&paths, Some(addr)).1.is_empty());
+            assert!(provider_keys(&id, Some(addr)).is_empty());
         }
         let d = tempfile::tempdir().unwrap();
         let paths = dmi_files(d.path(), &[("sys_vendor", "Hetzner")]);
@@ -423,7 +421,7 @@ mod tests {
         let id = identify(&paths);
         assert_eq!(id.cloud, None);
         assert!(id.why.contains("Raspberry Pi 4"), "{}", id.why);
-        assert!(provider_keys(&paths, Some(addr)).1.is_empty());
+        assert!(provider_keys(&id, Some(addr)).is_empty());
         assert_eq!(
             hits.load(Ordering::SeqCst),
             0,
@@ -436,7 +434,8 @@ mod tests {
             d.path(),
             &[("sys_vendor", "Hetzner"), ("product_name", "vServer")],
         );
-        let (id, keys) = provider_keys(&paths, Some(addr));
+        let id = identify(&paths);
+        let keys = provider_keys(&id, Some(addr));
         assert_eq!(id.cloud, Some(Cloud::Hetzner));
         assert_eq!(keys, vec![key]);
         assert!(hits.load(Ordering::SeqCst) > 0);

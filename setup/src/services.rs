@@ -51,7 +51,7 @@ pub fn wait_for_prosody(ctx: &mut Ctx, timeout: std::time::Duration) {
 /// up needs no network to boot, and waiting for it would hold back the meeting services. The
 /// one thing `appliance-admin boot` fetches (SSH keys from a cloud's metadata service) waits
 /// here until systemd has reached it (or given up on it: systemd-networkd-wait-online has its
-/// own time limit).
+/// own time limit). Not `ctx.systemctl`, which at boot queues the job without waiting for it.
 pub fn wait_for_network(ctx: &mut Ctx) {
     let started = ctx
         .runner
