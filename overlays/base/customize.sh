@@ -46,14 +46,15 @@ chroot "$R" systemctl mask sys-kernel-debug.mount sys-kernel-tracing.mount dev-h
     sys-fs-fuse-connections.mount sys-kernel-config.mount modprobe@drm.service \
     systemd-repart.service systemd-pstore.service
 chroot "$R" systemctl disable systemd-network-generator.service
-# Generators run at every start of systemd and every reload. Left: fstab (the mounts), getty
-# (the serial console's login) and veritysetup (the root's verity unit). Gone: discovering
-# partitions by type (the root is named on the command line and the rest in /etc/fstab),
-# encrypted, integrity-checked and hibernated volumes, SysV scripts and rc.local (every service
-# has a unit), units from the kernel command line (systemd.run=, systemd.debug_shell: a root
-# shell on the console) and offline updates.
+# Generators run at every start of systemd and every reload. Left: fstab (the mounts) and getty
+# (the serial console's login). Gone: the verified root's unit (the initrd's /init opened the
+# root; a unit would try again and fail, the device being there), discovering partitions by
+# type (the root is named on the command line and the rest in /etc/fstab), encrypted,
+# integrity-checked and hibernated volumes, SysV scripts and rc.local (every service has a
+# unit), units from the kernel command line (systemd.run=, systemd.debug_shell: a root shell on
+# the console) and offline updates.
 mkdir -p "$R/etc/systemd/system-generators"
-for generator in gpt-auto cryptsetup integritysetup hibernate-resume sysv rc-local run debug \
-    system-update; do
+for generator in veritysetup gpt-auto cryptsetup integritysetup hibernate-resume sysv rc-local \
+    run debug system-update; do
     ln -sf /dev/null "$R/etc/systemd/system-generators/systemd-$generator-generator"
 done

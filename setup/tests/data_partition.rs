@@ -1,6 +1,6 @@
 //! The boot scripts that choose the root's disk and prepare the data partition
-//! (overlays/boot/files/usr/lib/appliance/{root-disk,prepare-data.j2}, and the initrd's
-//! overlays/boot/install/usr/lib/appliance/verity-root-attach), run by /bin/sh against a
+//! (overlays/boot/files/usr/lib/appliance/{root-disk,prepare-data.j2}, and the initrd's /init,
+//! overlays/boot/install/usr/lib/appliance/initrd-init), run by /bin/sh against a
 //! made-up /proc, /dev and /sys (APPLIANCE_SYSROOT) with stand-ins for the disk tools that
 //! record their calls. The machine has its root on sda and a second disk sdb with the same
 //! image.
@@ -205,29 +205,47 @@ fn the_root_disk_is_found_through_sysfs() {
 const ROOT_DATA: &str = "c66e6629-396c-981e-5bc9-ba66c34948c6";
 const ROOT_HASH: &str = "559acb18-5a34-679e-91be-59b2527a99ef";
 
-/// The initrd's view for verity-root-attach: the command line, the two PARTUUID links as udev
-/// left them, blkid answering each partition's PARTUUID, and a veritysetup that records.
-fn verity_machine(data_link: &str, hash_link: &str, cmdline: &str) -> Machine {
+/// The initrd's view for its /init: the command line, the virtio disk in modules-load.d, a PCI
+/// device's modalias, blkid answering each partition's PARTUUID (partition 3 the root's data,
+/// 4 its hash tree), and mount, modprobe, sleep, switch_root and veritysetup that record.
+fn initrd_machine(cmdline: &str) -> Machine {
     let m = Machine::new();
     fs::create_dir_all(m.root.join("proc")).unwrap();
     fs::write(m.root.join("proc/cmdline"), format!("{cmdline}\n")).unwrap();
-    let by_uuid = m.root.join("dev/disk/by-partuuid");
-    fs::create_dir_all(&by_uuid).unwrap();
-    symlink(format!("../../{data_link}"), by_uuid.join(ROOT_DATA)).unwrap();
-    symlink(format!("../../{hash_link}"), by_uuid.join(ROOT_HASH)).unwrap();
+    fs::write(m.root.join("proc/sysrq-trigger"), "").unwrap();
+    let load = m.root.join("etc/modules-load.d");
+    fs::create_dir_all(&load).unwrap();
+    fs::write(
+        load.join("disk.conf"),
+        "# the disk\nvirtio_pci\nvirtio_blk\n",
+    )
+    .unwrap();
+    let pci = m.root.join("sys/bus/pci/devices/0000:00:02.0");
+    fs::create_dir_all(&pci).unwrap();
+    fs::write(
+        pci.join("modalias"),
+        "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00\n",
+    )
+    .unwrap();
     stub(
         &m.bin.join("blkid"),
         &format!(
-            "for a; do dev=$a; done\ncase \"$dev\" in *3) echo {ROOT_DATA} ;; *4) echo {ROOT_HASH} ;; *) echo 030aa061-ebc3-4499-9c89-d06263be1e5c ;; esac\n"
+            "for a; do case $a in -*|PART_ENTRY_UUID|export) ;; *)\n\
+             echo \"DEVNAME=$a\"\n\
+             case $a in *3) echo PART_ENTRY_UUID={ROOT_DATA} ;; *4) echo PART_ENTRY_UUID={ROOT_HASH} ;; \
+             *) echo PART_ENTRY_UUID=030aa061-ebc3-4499-9c89-d06263be1e5c ;; esac\necho\n;; esac; done\n"
         ),
     );
-    let veritysetup = m.root.join("lib/systemd/systemd-veritysetup");
+    for tool in ["mount", "modprobe", "sleep", "switch_root"] {
+        stub(&m.bin.join(tool), "echo \"${0##*/} $*\" >> \"$LOG\"\n");
+    }
+    let veritysetup = m.root.join("usr/lib/systemd/systemd-veritysetup");
     fs::create_dir_all(veritysetup.parent().unwrap()).unwrap();
     stub(&veritysetup, "echo \"veritysetup $*\" >> \"$LOG\"\n");
     fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../overlays/boot/install/usr/lib/appliance/verity-root-attach"),
-        m.lib.join("verity-root-attach"),
+            .join("../overlays/boot/install/usr/lib/appliance/initrd-init"),
+        m.lib.join("initrd-init"),
     )
     .unwrap();
     m
@@ -237,59 +255,156 @@ fn verity_cmdline() -> String {
     format!(
         "initrd=\\appliance-a\\initrd.img roothash=abc123 systemd.verity_root_data=PARTUUID={ROOT_DATA} \
          systemd.verity_root_hash=PARTUUID={ROOT_HASH} systemd.verity_root_options=panic-on-corruption \
-         root=/dev/mapper/root ro"
+         root=/dev/mapper/root rootfstype=squashfs ro"
     )
 }
 
-#[test]
-fn the_root_is_opened_from_one_disk_whichever_disks_udev_linked() {
-    let _t = appliance_qemu_tests::timed!();
-    // udev gave the data link to sdb and the verity link to sda: both come from sdb.
-    let m = verity_machine("sdb3", "sda4", &verity_cmdline());
-    let (ok, said, calls) = m.run("verity-root-attach", &[], "");
-    assert!(ok, "{said}");
-    assert_eq!(
-        calls,
-        ["veritysetup attach root /dev/sdb3 /dev/sdb4 abc123 panic-on-corruption"],
-        "{said}"
+/// Runs the initrd's /init, waiting at most `wait` seconds for the root.
+fn run_init(m: &Machine, wait: u32) -> (bool, String, Vec<String>) {
+    let path = format!("{}:{}", m.bin.display(), std::env::var("PATH").unwrap());
+    let out = Command::new("sh")
+        .arg(m.lib.join("initrd-init"))
+        .env("PATH", path)
+        .env("APPLIANCE_SYSROOT", &m.root)
+        .env("APPLIANCE_ROOT_WAIT", wait.to_string())
+        .env("LOG", &m.log)
+        .output()
+        .unwrap();
+    let log = fs::read_to_string(&m.log).unwrap_or_default();
+    let calls = log
+        .lines()
+        .map(|l| l.replace(&m.root.display().to_string(), ""))
+        .collect();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
-    // Both links on sda: sda.
-    let m = verity_machine("sda3", "sda4", &verity_cmdline());
-    let (ok, said, calls) = m.run("verity-root-attach", &[], "");
-    assert!(ok, "{said}");
-    assert_eq!(
-        calls,
-        ["veritysetup attach root /dev/sda3 /dev/sda4 abc123 panic-on-corruption"]
-    );
+    (out.status.success(), said, calls)
+}
+
+fn restarted(m: &Machine) -> bool {
+    fs::read_to_string(m.root.join("proc/sysrq-trigger")).unwrap() == "b\n"
 }
 
 #[test]
-fn a_disk_without_the_verity_partition_opens_nothing() {
+fn the_initrd_opens_the_verified_root_and_starts_its_init() {
     let _t = appliance_qemu_tests::timed!();
-    let m = verity_machine("sdb3", "sda4", &verity_cmdline());
-    // sdb has no partition 4 here.
-    fs::remove_file(m.root.join("dev/sdb4")).unwrap();
-    let (ok, said, calls) = m.run("verity-root-attach", &[], "");
-    assert!(!ok);
-    assert!(calls.is_empty(), "{calls:?}");
-    assert!(
-        said.contains("sdb, the disk of the root's data partition") && said.contains(ROOT_HASH),
+    let m = initrd_machine(&verity_cmdline());
+    let (ok, said, calls) = run_init(&m, 0);
+    assert!(ok, "{said}");
+    assert_eq!(
+        calls,
+        [
+            "mount -a -T /etc/fstab.initrd",
+            "modprobe -qab virtio_pci virtio_blk squashfs dm-verity sha256_ssse3 sha2_ce",
+            "modprobe -qab pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+            "veritysetup attach root /dev/sda3 /dev/sda4 abc123 panic-on-corruption",
+            "mount -t squashfs -o ro /dev/dm-0 /sysroot",
+            "switch_root /sysroot /sbin/init",
+        ],
         "{said}"
     );
+    assert!(!restarted(&m));
+}
+
+#[test]
+fn the_root_is_opened_from_one_disk() {
+    let _t = appliance_qemu_tests::timed!();
+    // sda has no data partition: data and hash tree both come from sdb, though sda4 is listed
+    // first.
+    let m = initrd_machine(&verity_cmdline());
+    fs::remove_file(m.root.join("sys/class/block/sda3")).unwrap();
+    let (ok, said, calls) = run_init(&m, 0);
+    assert!(ok, "{said}");
+    assert!(
+        calls.contains(
+            &"veritysetup attach root /dev/sdb3 /dev/sdb4 abc123 panic-on-corruption".to_string()
+        ),
+        "{calls:?}"
+    );
+    // sda has the data partition but not the hash tree: sdb's is not taken.
+    let m = initrd_machine(&verity_cmdline());
+    fs::remove_file(m.root.join("sys/class/block/sda4")).unwrap();
+    let (ok, said, calls) = run_init(&m, 0);
+    assert!(!ok);
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("veritysetup") || c.starts_with("switch_root")),
+        "{calls:?}"
+    );
+    assert!(
+        said.contains(&format!(
+            "the root's hash tree (PARTUUID={ROOT_HASH}) on sda, the disk of the root's data partition /dev/sda3: not found in 0 s"
+        )),
+        "{said}"
+    );
+    assert!(said.contains("restarts in 60 s") && restarted(&m), "{said}");
 }
 
 #[test]
 fn devices_not_named_by_partuuid_are_used_as_given() {
     let _t = appliance_qemu_tests::timed!();
     let cmdline =
-        "roothash=abc123 systemd.verity_root_data=/dev/vda3 systemd.verity_root_hash=/dev/vda4";
-    let m = verity_machine("sda3", "sda4", cmdline);
-    let (ok, said, calls) = m.run("verity-root-attach", &[], "");
+        "roothash=abc123 systemd.verity_root_data=/dev/sdb3 systemd.verity_root_hash=/dev/sda4";
+    let m = initrd_machine(cmdline);
+    let (ok, said, calls) = run_init(&m, 0);
+    assert!(ok, "{said}");
+    assert!(
+        calls.contains(&"veritysetup attach root /dev/sdb3 /dev/sda4 abc123 ".to_string()),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn without_verity_the_root_partition_is_mounted_as_it_is() {
+    let _t = appliance_qemu_tests::timed!();
+    let cmdline =
+        format!("root=PARTUUID={ROOT_DATA} rootfstype=squashfs ro init=/lib/systemd/systemd");
+    let m = initrd_machine(&cmdline);
+    let (ok, said, calls) = run_init(&m, 0);
     assert!(ok, "{said}");
     assert_eq!(
-        calls,
-        ["veritysetup attach root /dev/vda3 /dev/vda4 abc123 "]
+        &calls[1..],
+        [
+            "modprobe -qab virtio_pci virtio_blk squashfs",
+            "modprobe -qab pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+            "mount -t squashfs -o ro /dev/sda3 /sysroot",
+            "switch_root /sysroot /lib/systemd/systemd",
+        ],
+        "{said}"
     );
+}
+
+#[test]
+fn a_root_that_never_comes_is_named_and_the_machine_restarts() {
+    let _t = appliance_qemu_tests::timed!();
+    let m = initrd_machine(&verity_cmdline());
+    for part in ["sda3", "sdb3"] {
+        fs::remove_file(m.root.join("sys/class/block").join(part)).unwrap();
+    }
+    let (ok, said, calls) = run_init(&m, 1);
+    assert!(!ok);
+    assert!(
+        said.contains(&format!(
+            "the root's data partition (PARTUUID={ROOT_DATA}): not found in 1 s"
+        )),
+        "{said}"
+    );
+    // Ten rounds a second: sleep 0.1 between them, then the minute before the restart.
+    assert_eq!(
+        calls.iter().filter(|c| *c == "sleep 0.1").count(),
+        10,
+        "{calls:?}"
+    );
+    assert_eq!(calls.last().map(String::as_str), Some("sleep 60"));
+    assert!(restarted(&m));
+    // Without a root on the command line, it says so at once.
+    let m = initrd_machine("ro quiet");
+    let (ok, said, _) = run_init(&m, 90);
+    assert!(!ok && restarted(&m));
+    assert!(said.contains("names no root"), "{said}");
 }
 
 #[test]
