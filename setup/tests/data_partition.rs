@@ -205,9 +205,13 @@ fn the_root_disk_is_found_through_sysfs() {
 const ROOT_DATA: &str = "c66e6629-396c-981e-5bc9-ba66c34948c6";
 const ROOT_HASH: &str = "559acb18-5a34-679e-91be-59b2527a99ef";
 
+/// The salt of the hash trees on the made-up disks.
+const SALT: [u8; 32] = [7; 32];
+
 /// The initrd's view for its /init: the command line, the virtio disk in modules-load.d, a PCI
 /// device's modalias, blkid answering each partition's PARTUUID (partition 3 the root's data,
-/// 4 its hash tree), and mount, modprobe, sleep, switch_root and veritysetup that record.
+/// 4 its hash tree, with a real superblock for two data blocks), and mount, modprobe, sleep,
+/// switch_root and dmsetup that record.
 fn initrd_machine(cmdline: &str) -> Machine {
     let m = Machine::new();
     fs::create_dir_all(m.root.join("proc")).unwrap();
@@ -236,12 +240,16 @@ fn initrd_machine(cmdline: &str) -> Machine {
              *) echo PART_ENTRY_UUID=030aa061-ebc3-4499-9c89-d06263be1e5c ;; esac\necho\n;; esac; done\n"
         ),
     );
-    for tool in ["mount", "modprobe", "sleep", "switch_root"] {
+    for tool in ["mount", "modprobe", "sleep", "switch_root", "dmsetup"] {
         stub(&m.bin.join(tool), "echo \"${0##*/} $*\" >> \"$LOG\"\n");
     }
-    let veritysetup = m.root.join("usr/lib/systemd/systemd-veritysetup");
-    fs::create_dir_all(veritysetup.parent().unwrap()).unwrap();
-    stub(&veritysetup, "echo \"veritysetup $*\" >> \"$LOG\"\n");
+    let data = m._dir.path().join("root-data");
+    fs::write(&data, vec![1u8; 2 * 4096]).unwrap();
+    let tree = m._dir.path().join("root-hash");
+    appliance_spec::verity::build_hash_tree(&data, &tree, &SALT, &[9; 16]).unwrap();
+    for disk in ["sda", "sdb"] {
+        fs::copy(&tree, m.root.join(format!("dev/{disk}4"))).unwrap();
+    }
     fs::copy(
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../overlays/boot/install/usr/lib/appliance/initrd-init"),
@@ -283,6 +291,16 @@ fn run_init(m: &Machine, wait: u32) -> (bool, String, Vec<String>) {
     (out.status.success(), said, calls)
 }
 
+/// The dmsetup call that opens the root from `data` and `hash` (the made-up trees: two data
+/// blocks, 16 sectors).
+fn dmsetup(data: &str, hash: &str) -> String {
+    format!(
+        "dmsetup create root --readonly --noudevsync --table 0 16 verity 1 {data} {hash} \
+         4096 4096 2 1 sha256 abc123 {} 1 panic_on_corruption",
+        "07".repeat(32)
+    )
+}
+
 fn restarted(m: &Machine) -> bool {
     fs::read_to_string(m.root.join("proc/sysrq-trigger")).unwrap() == "b\n"
 }
@@ -299,13 +317,19 @@ fn the_initrd_opens_the_verified_root_and_starts_its_init() {
             "mount -a -T /etc/fstab.initrd",
             "modprobe -qab virtio_pci virtio_blk squashfs dm-verity sha256_ssse3 sha2_ce",
             "modprobe -qab pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
-            "veritysetup attach root /dev/sda3 /dev/sda4 abc123 panic-on-corruption",
+            &dmsetup("/dev/sda3", "/dev/sda4"),
             "mount -t squashfs -o ro /dev/dm-0 /sysroot",
             "switch_root /sysroot /sbin/init",
         ],
         "{said}"
     );
     assert!(!restarted(&m));
+    // Without udev, dmsetup may leave /dev/mapper/root to others: it is made then.
+    let m = initrd_machine(&verity_cmdline());
+    fs::remove_file(m.root.join("dev/mapper/root")).unwrap();
+    let (ok, said, calls) = run_init(&m, 0);
+    assert!(ok, "{said}");
+    assert_eq!(calls[4], "dmsetup mknodes root", "{calls:?}");
 }
 
 #[test]
@@ -318,9 +342,7 @@ fn the_root_is_opened_from_one_disk() {
     let (ok, said, calls) = run_init(&m, 0);
     assert!(ok, "{said}");
     assert!(
-        calls.contains(
-            &"veritysetup attach root /dev/sdb3 /dev/sdb4 abc123 panic-on-corruption".to_string()
-        ),
+        calls.contains(&dmsetup("/dev/sdb3", "/dev/sdb4")),
         "{calls:?}"
     );
     // sda has the data partition but not the hash tree: sdb's is not taken.
@@ -331,7 +353,7 @@ fn the_root_is_opened_from_one_disk() {
     assert!(
         !calls
             .iter()
-            .any(|c| c.starts_with("veritysetup") || c.starts_with("switch_root")),
+            .any(|c| c.starts_with("dmsetup") || c.starts_with("switch_root")),
         "{calls:?}"
     );
     assert!(
@@ -351,8 +373,55 @@ fn devices_not_named_by_partuuid_are_used_as_given() {
     let m = initrd_machine(cmdline);
     let (ok, said, calls) = run_init(&m, 0);
     assert!(ok, "{said}");
+    let table = "dmsetup create root --readonly --noudevsync --table 0 16 verity 1 \
+                 /dev/sdb3 /dev/sda4 4096 4096 2 1 sha256 abc123";
     assert!(
-        calls.contains(&"veritysetup attach root /dev/sdb3 /dev/sda4 abc123 ".to_string()),
+        calls.contains(&format!("{table} {}", "07".repeat(32))),
+        "no options, no option count: {calls:?}"
+    );
+}
+
+#[test]
+fn a_hash_partition_without_a_known_superblock_or_an_unknown_option_opens_nothing() {
+    let _t = appliance_qemu_tests::timed!();
+    let m = initrd_machine(&verity_cmdline());
+    fs::write(m.root.join("dev/sda4"), vec![0u8; 4096]).unwrap();
+    let (ok, said, calls) = run_init(&m, 0);
+    assert!(!ok && restarted(&m));
+    assert!(!calls.iter().any(|c| c.starts_with("dmsetup")), "{calls:?}");
+    assert!(
+        said.contains(
+            "cannot open the verified root from /dev/sda3 and /dev/sda4: no verity superblock"
+        ),
+        "{said}"
+    );
+    // A tree with 512-byte hash blocks: not this initrd's.
+    let m = initrd_machine(&verity_cmdline());
+    let mut sb = fs::read(m.root.join("dev/sda4")).unwrap();
+    sb[68..72].copy_from_slice(&512u32.to_le_bytes());
+    fs::write(m.root.join("dev/sda4"), &sb).unwrap();
+    let (ok, said, _) = run_init(&m, 0);
+    assert!(!ok);
+    assert!(said.contains("blocks of 4096 and 512 bytes"), "{said}");
+    let m = initrd_machine(
+        &verity_cmdline().replace("panic-on-corruption", "panic-on-corruption,fec-roots=2"),
+    );
+    let (ok, said, _) = run_init(&m, 0);
+    assert!(!ok);
+    assert!(
+        said.contains("has fec-roots=2, which this initrd does not know"),
+        "{said}"
+    );
+    let m = initrd_machine(&verity_cmdline().replace(
+        "panic-on-corruption",
+        "ignore-zero-blocks,restart-on-corruption",
+    ));
+    let (ok, said, calls) = run_init(&m, 0);
+    assert!(ok, "{said}");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.ends_with(" 2 ignore_zero_blocks restart_on_corruption")),
         "{calls:?}"
     );
 }

@@ -1,7 +1,7 @@
 //! Which root slot runs, from which disk, and where the other slot's partitions are.
 //!
 //! The running root is `/dev/mapper/root`, the dm-verity device the initrd built on the slot's
-//! root and verity partitions; sysfs names them (`/sys/block/dm-N/slaves`) and their GPT
+//! root and verity partitions (found in sysfs by its name, `/sys/block/dm-N/dm/name`); sysfs names them (`/sys/block/dm-N/slaves`) and their GPT
 //! labels (`PARTNAME` in their uevent), and their parent directory is the disk. Only that
 //! disk's partitions are ever written: a second disk carrying the same image has partitions
 //! with the same labels. The PARTUUIDs the kernel command line needs come from the disk's GPT.
@@ -76,16 +76,27 @@ fn disk_of(paths: &Paths, name: &str) -> Result<String> {
         .with_context(|| format!("{name} has no parent disk in sysfs"))
 }
 
+/// The device-mapper device named root (`dm-N`), found by its name in sysfs: `/dev/mapper/root`
+/// may be a symlink to it (udev's) or a device node of its own (made without udev).
+fn root_dm(paths: &Paths) -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir(paths.at("/sys/block"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("dm-"))
+        .collect();
+    names.sort();
+    names.into_iter().find(|n| {
+        std::fs::read_to_string(paths.at(&format!("/sys/block/{n}/dm/name")))
+            .is_ok_and(|name| name.trim() == "root")
+    })
+}
+
 /// The slot the running root comes from, and its disk.
 pub fn running(paths: &Paths) -> Result<Running> {
-    let mapper = paths.at("/dev/mapper/root");
-    let dm = std::fs::canonicalize(&mapper).with_context(|| {
-        "there is no /dev/mapper/root: this system did not start from a verified root slot, so it cannot be updated".to_string()
-    })?;
-    let dm = dm
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .context("/dev/mapper/root names no device")?;
+    let dm = root_dm(paths).context(
+        "there is no /dev/mapper/root: this system did not start from a verified root slot, so it cannot be updated",
+    )?;
     let slaves = paths.at(&format!("/sys/block/{dm}/slaves"));
     let mut names: Vec<String> = std::fs::read_dir(&slaves)
         .with_context(|| format!("cannot read {}", paths.display(&slaves)))?
@@ -312,6 +323,8 @@ pub(crate) mod tests {
         let _ = fs::remove_dir_all(paths.at("/sys/block/dm-0"));
         let slaves = paths.at("/sys/block/dm-0/slaves");
         fs::create_dir_all(&slaves).unwrap();
+        fs::create_dir_all(paths.at("/sys/block/dm-0/dm")).unwrap();
+        fs::write(paths.at("/sys/block/dm-0/dm/name"), "root\n").unwrap();
         for label in [slot.root_label(), slot.verity_label()] {
             let n = LABELS.iter().position(|l| *l == label).unwrap() + 1;
             fs::create_dir_all(slaves.join(format!("vda{n}"))).unwrap();
@@ -350,6 +363,11 @@ pub(crate) mod tests {
         assert_eq!(other.verity_partuuid, partuuid("verity-a"));
         assert_eq!(esp(&paths, "vda").unwrap().name, "vda2");
         set_running(&paths, Slot::A);
+        assert_eq!(running(&paths).unwrap().slot, Slot::A);
+        // /dev/mapper/root as a device node of its own (made without udev, in the initrd).
+        let mapper = paths.at("/dev/mapper/root");
+        fs::remove_file(&mapper).unwrap();
+        fs::write(&mapper, "").unwrap();
         assert_eq!(running(&paths).unwrap().slot, Slot::A);
     }
 

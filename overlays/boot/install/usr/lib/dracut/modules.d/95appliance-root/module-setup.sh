@@ -15,7 +15,7 @@ depends() {
 install() {
     inst /bin/dash
     ln -sf dash "${initdir}/bin/sh"
-    inst_multiple mount switch_root modprobe blkid sleep /usr/lib/systemd/systemd-veritysetup
+    inst_multiple mount switch_root modprobe blkid sleep od dmsetup
     inst_script /usr/lib/appliance/initrd-init /init
     inst_multiple -o /etc/modprobe.d/*.conf /usr/lib/modprobe.d/*.conf /etc/modules-load.d/*.conf
     mkdir -p "${initdir}/sysroot"
