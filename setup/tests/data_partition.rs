@@ -240,9 +240,16 @@ fn initrd_machine(cmdline: &str) -> Machine {
              *) echo PART_ENTRY_UUID=030aa061-ebc3-4499-9c89-d06263be1e5c ;; esac\necho\n;; esac; done\n"
         ),
     );
-    for tool in ["mount", "modprobe", "sleep", "switch_root", "dmsetup"] {
+    for tool in ["mount", "modprobe", "switch_root", "dmsetup"] {
         stub(&m.bin.join(tool), "echo \"${0##*/} $*\" >> \"$LOG\"\n");
     }
+    // The clock: every sleep moves the machine's uptime on by a second.
+    fs::write(m.root.join("proc/uptime"), "100.25 180.50\n").unwrap();
+    stub(
+        &m.bin.join("sleep"),
+        "echo \"sleep $*\" >> \"$LOG\"\nread -r up _ < \"$APPLIANCE_SYSROOT/proc/uptime\"\n\
+         echo \"$((${up%.*} + 1)).25 0\" > \"$APPLIANCE_SYSROOT/proc/uptime\"\n",
+    );
     let data = m._dir.path().join("root-data");
     fs::write(&data, vec![1u8; 2 * 4096]).unwrap();
     let tree = m._dir.path().join("root-hash");
@@ -453,18 +460,19 @@ fn a_root_that_never_comes_is_named_and_the_machine_restarts() {
     for part in ["sda3", "sdb3"] {
         fs::remove_file(m.root.join("sys/class/block").join(part)).unwrap();
     }
-    let (ok, said, calls) = run_init(&m, 1);
+    let (ok, said, calls) = run_init(&m, 3);
     assert!(!ok);
     assert!(
         said.contains(&format!(
-            "the root's data partition (PARTUUID={ROOT_DATA}): not found in 1 s"
+            "the root's data partition (PARTUUID={ROOT_DATA}): not found in 3 s"
         )),
         "{said}"
     );
-    // Ten rounds a second: sleep 0.1 between them, then the minute before the restart.
+    // A round, then sleep 0.1 (a second on this clock) until three seconds have gone by, then
+    // the minute before the restart.
     assert_eq!(
         calls.iter().filter(|c| *c == "sleep 0.1").count(),
-        10,
+        3,
         "{calls:?}"
     );
     assert_eq!(calls.last().map(String::as_str), Some("sleep 60"));
