@@ -135,6 +135,17 @@ impl Machine {
     }
 
     fn run(&self, script: &str, args: &[&str], fstype: &str) -> (bool, String, Vec<String>) {
+        self.run_with(script, args, &[("FAKE_FSTYPE", fstype)])
+    }
+
+    /// Runs `script` with `args` and the extra environment `env`: whether it succeeded, what it
+    /// said, and the recorded calls (the made-up root's path taken out).
+    fn run_with(
+        &self,
+        script: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (bool, String, Vec<String>) {
         let path = format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap());
         let out = Command::new("sh")
             .arg(self.lib.join(script))
@@ -142,7 +153,7 @@ impl Machine {
             .env("PATH", path)
             .env("APPLIANCE_SYSROOT", &self.root)
             .env("LOG", &self.log)
-            .env("FAKE_FSTYPE", fstype)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         let log = fs::read_to_string(&self.log).unwrap_or_default();
@@ -276,26 +287,11 @@ fn verity_cmdline() -> String {
 
 /// Runs the initrd's /init, waiting at most `wait` seconds for the root.
 fn run_init(m: &Machine, wait: u32) -> (bool, String, Vec<String>) {
-    let path = format!("{}:{}", m.bin.display(), std::env::var("PATH").unwrap());
-    let out = Command::new("sh")
-        .arg(m.lib.join("initrd-init"))
-        .env("PATH", path)
-        .env("APPLIANCE_SYSROOT", &m.root)
-        .env("APPLIANCE_ROOT_WAIT", wait.to_string())
-        .env("LOG", &m.log)
-        .output()
-        .unwrap();
-    let log = fs::read_to_string(&m.log).unwrap_or_default();
-    let calls = log
-        .lines()
-        .map(|l| l.replace(&m.root.display().to_string(), ""))
-        .collect();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), said, calls)
+    m.run_with(
+        "initrd-init",
+        &[],
+        &[("APPLIANCE_ROOT_WAIT", &wait.to_string())],
+    )
 }
 
 /// The dmsetup call that opens the root from `data` and `hash` (the made-up trees: two data

@@ -1,10 +1,11 @@
 //! Which root slot runs, from which disk, and where the other slot's partitions are.
 //!
 //! The running root is `/dev/mapper/root`, the dm-verity device the initrd built on the slot's
-//! root and verity partitions (found in sysfs by its name, `/sys/block/dm-N/dm/name`); sysfs names them (`/sys/block/dm-N/slaves`) and their GPT
-//! labels (`PARTNAME` in their uevent), and their parent directory is the disk. Only that
-//! disk's partitions are ever written: a second disk carrying the same image has partitions
-//! with the same labels. The PARTUUIDs the kernel command line needs come from the disk's GPT.
+//! root and verity partitions (found in sysfs by its name, `/sys/block/dm-N/dm/name`); sysfs
+//! names them (`/sys/block/dm-N/slaves`) and their GPT labels (`PARTNAME` in their uevent), and
+//! their parent directory is the disk. Only that disk's partitions are ever written: a second
+//! disk carrying the same image has partitions with the same labels. The PARTUUIDs the kernel
+//! command line needs come from the disk's GPT.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
