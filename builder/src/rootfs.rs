@@ -449,10 +449,7 @@ mod tests {
         let files = render_feature_files(&c, &features, out.path()).unwrap();
         assert!(files.iter().any(|f| f.ends_with("etc/fstab")));
         let fstab = std::fs::read_to_string(out.path().join("etc/fstab")).unwrap();
-        assert!(
-            fstab.contains("/dev/disk/appliance/data  /data "),
-            "{fstab}"
-        );
+        assert!(fstab.contains("/run/appliance/data  /data "), "{fstab}");
         let hooks = write_hook_files(&c, &features, &out.path().join("hooks")).unwrap();
         let script = std::fs::read_to_string(&hooks.customize[0]).unwrap();
         assert!(script.contains("machine-id"), "base's hook runs first");

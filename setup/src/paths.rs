@@ -20,7 +20,7 @@ pub const MACHINE_ZONEINFO: &str = "/usr/share/zoneinfo";
 pub const MACHINE_JITSI_PLUGINS: &str = "/usr/share/jitsi-meet/prosody-plugins/";
 /// Hook handed to dehydrated when it exists in the image.
 pub const MACHINE_ACME_HOOK: &str = "/usr/lib/appliance/acme-hook";
-/// The ESP of the disk the root was read from (70-appliance-data.rules): a second disk carrying
+/// The ESP of the disk the root was read from (70-appliance-esp.rules): a second disk carrying
 /// the same image has an ESP with the same label, and its seed file is not this machine's.
 pub const MACHINE_ESP_DEVICE: &str = "/dev/disk/appliance/esp";
 

@@ -39,7 +39,8 @@ struct Machine {
 }
 
 impl Machine {
-    /// Root (dm-0) on sda3 and sda4; data partitions sda7 and sdb7, 2 MiB each, all zeros.
+    /// Root (dm-0) on sda3 and sda4; data partitions sda7 and sdb7 (named "data" in the GPT, as
+    /// the kernel's uevent says), 2 MiB each, all zeros.
     fn new() -> Machine {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
@@ -65,6 +66,16 @@ impl Machine {
                 let d = sys.join(format!("devices/pci0/host0/block/{disk}/{name}"));
                 fs::create_dir_all(&d).unwrap();
                 fs::write(d.join("partition"), format!("{n}\n")).unwrap();
+                let partname = match n {
+                    3 => "root-a",
+                    4 => "root-a-verity",
+                    _ => "data",
+                };
+                fs::write(
+                    d.join("uevent"),
+                    format!("MAJOR=8\nDEVNAME={name}\nDEVTYPE=partition\nPARTN={n}\nPARTNAME={partname}\n"),
+                )
+                .unwrap();
                 symlink(
                     format!("../../devices/pci0/host0/block/{disk}/{name}"),
                     sys.join("class/block").join(&name),
@@ -90,6 +101,11 @@ impl Machine {
                 "echo \"${0##*/} $*\" >> \"$LOG\"\ncat > /dev/null 2>&1 < /dev/null\n",
             );
         }
+        // e2fsck exits with $FAKE_FSCK (0: clean).
+        stub(
+            &bin.join("e2fsck"),
+            "echo \"e2fsck $*\" >> \"$LOG\"\nfor last; do :; done\necho \"${last##*/}: checked\"\nexit \"${FAKE_FSCK:-0}\"\n",
+        );
         stub(
             &bin.join("blkid"),
             "echo \"blkid $*\" >> \"$LOG\"\n[ -n \"${FAKE_FSTYPE:-}\" ] || exit 2\necho \"$FAKE_FSTYPE\"\n",
@@ -116,13 +132,23 @@ impl Machine {
         }
     }
 
-    /// Point /dev/disk/appliance/data at a partition, as the udev rule would.
-    fn data_link(&self, part: &str) {
-        symlink(
-            format!("../../{part}"),
-            self.root.join("dev/disk/appliance/data"),
-        )
-        .unwrap();
+    /// Sets the GPT name the kernel reports for a partition (its uevent's PARTNAME).
+    fn name_partition(&self, part: &str, name: &str) {
+        let uevent = self.root.join("sys/class/block").join(part).join("uevent");
+        let text = fs::read_to_string(&uevent).unwrap();
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.starts_with("PARTNAME="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(&uevent, format!("{kept}PARTNAME={name}\n")).unwrap();
+    }
+
+    /// Where /run/appliance/data points, if prepare-data made it.
+    fn data_link(&self) -> Option<String> {
+        fs::read_link(self.root.join("run/appliance/data"))
+            .ok()
+            .map(|p| p.display().to_string())
     }
 
     /// What sysfs says of sda's size and of sda7's place on it, in 512-byte sectors.
@@ -165,7 +191,8 @@ impl Machine {
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        );
+        )
+        .replace(&self.root.display().to_string(), "");
         (out.status.success(), said, calls)
     }
 }
@@ -484,7 +511,6 @@ fn a_root_that_never_comes_is_named_and_the_machine_restarts() {
 fn a_never_used_data_partition_is_grown_and_formatted() {
     let _t = appliance_qemu_tests::timed!();
     let m = Machine::new();
-    m.data_link("sda7");
     let (ok, said, calls) = m.run("prepare-data", &[], "");
     assert!(ok, "{said}");
     assert!(
@@ -499,6 +525,9 @@ fn a_never_used_data_partition_is_grown_and_formatted() {
         calls.contains(&"mkfs.ext4 -q -L data /dev/sda7".to_string()),
         "{calls:?}"
     );
+    // A new file system is not checked; fstab mounts /data from the link.
+    assert!(!calls.iter().any(|c| c.starts_with("e2fsck")), "{calls:?}");
+    assert_eq!(m.data_link().as_deref(), Some("/dev/sda7"));
 }
 
 #[test]
@@ -506,7 +535,6 @@ fn a_partition_that_has_the_whole_disk_is_not_grown_again() {
     let _t = appliance_qemu_tests::timed!();
     let grown = |disk: u64, start: u64, size: u64| {
         let m = Machine::new();
-        m.data_link("sda7");
         m.sizes(disk, start, size);
         let (ok, said, calls) = m.run("prepare-data", &[], "ext4");
         assert!(ok, "{said}");
@@ -524,20 +552,63 @@ fn a_partition_that_has_the_whole_disk_is_not_grown_again() {
 }
 
 #[test]
-fn an_existing_file_system_is_kept() {
+fn an_existing_file_system_is_checked_and_kept() {
     let _t = appliance_qemu_tests::timed!();
     let m = Machine::new();
-    m.data_link("sda7");
     let (ok, said, calls) = m.run("prepare-data", &[], "ext4");
     assert!(ok, "{said}");
     assert!(!formatted(&calls), "{calls:?}");
+    assert!(
+        calls.contains(&"e2fsck -p /dev/sda7".to_string()),
+        "{calls:?}"
+    );
+    // A clean check says nothing on the console.
+    assert!(!said.contains("checked"), "{said}");
+    assert_eq!(m.data_link().as_deref(), Some("/dev/sda7"));
+
+    // Errors e2fsck repaired on its own (1), or after which it asks for a restart (2, which
+    // only matters for a mounted root): /data is mounted.
+    for repaired in ["1", "2"] {
+        let m = Machine::new();
+        let (ok, said, _) = m.run_with(
+            "prepare-data",
+            &[],
+            &[("FAKE_FSTYPE", "ext4"), ("FAKE_FSCK", repaired)],
+        );
+        assert!(ok, "exit {repaired}: {said}");
+        assert_eq!(m.data_link().as_deref(), Some("/dev/sda7"));
+    }
+}
+
+#[test]
+fn a_file_system_with_errors_left_is_not_mounted() {
+    let _t = appliance_qemu_tests::timed!();
+    let m = Machine::new();
+    let (ok, said, calls) = m.run_with(
+        "prepare-data",
+        &[],
+        &[("FAKE_FSTYPE", "ext4"), ("FAKE_FSCK", "4")],
+    );
+    assert!(!ok);
+    assert!(!formatted(&calls), "{calls:?}");
+    assert!(
+        said.contains("sda7: checked"),
+        "e2fsck's own output is shown: {said}"
+    );
+    assert!(
+        said.contains(
+            "e2fsck -p found errors on /dev/sda7 (labelled data) it could not repair (exit 4)"
+        ),
+        "{said}"
+    );
+    assert!(said.contains("/data is not mounted on this boot"), "{said}");
+    assert_eq!(m.data_link(), None, "no link: data.mount cannot start");
 }
 
 #[test]
 fn a_partition_with_unknown_content_is_left_alone() {
     let _t = appliance_qemu_tests::timed!();
     let m = Machine::new();
-    m.data_link("sda7");
     // A damaged ext4: no superblock blkid recognises, but data in the first MiB.
     let mut bytes = vec![0u8; 2 * MIB];
     bytes[4096..4200].fill(0x5a);
@@ -547,63 +618,88 @@ fn a_partition_with_unknown_content_is_left_alone() {
     assert!(!formatted(&calls), "{calls:?}");
     assert!(said.contains("holds data but no file system"), "{said}");
     assert!(said.contains("It is not formatted"), "{said}");
+    assert_eq!(m.data_link(), None);
 
     let (ok, said, calls) = m.run("prepare-data", &[], "xfs");
     assert!(!ok && !formatted(&calls));
     assert!(said.contains("holds a xfs file system"), "{said}");
+    assert_eq!(m.data_link(), None);
 }
 
 #[test]
 fn another_disks_data_partition_is_never_touched() {
     let _t = appliance_qemu_tests::timed!();
+    // The root's disk (sda) has no partition named data; the second disk's sdb7 has.
     let m = Machine::new();
-    // Whatever made the link point there, the script checks the disk itself.
-    m.data_link("sdb7");
+    m.name_partition("sda7", "other");
     let (ok, said, calls) = m.run("prepare-data", &[], "");
     assert!(!ok);
-    assert!(
-        calls.iter().all(|c| c.starts_with("udevadm settle")),
-        "nothing but waiting for udev: {calls:?}"
-    );
-    assert!(
-        said.contains("sdb7 is not on the disk the system was started from (sda)"),
-        "{said}"
-    );
-
-    let m = Machine::new();
-    let (ok, said, calls) = m.run("prepare-data", &[], "");
-    assert!(!ok);
-    assert!(!formatted(&calls));
+    assert!(calls.is_empty(), "nothing run on any disk: {calls:?}");
     assert!(
         said.contains("(sda) has no partition labelled data"),
         "{said}"
     );
+    assert_eq!(m.data_link(), None);
+
+    // Two partitions of the root's disk named data: which one holds the data is not guessed.
+    let m = Machine::new();
+    m.name_partition("sda4", "data");
+    let (ok, said, calls) = m.run("prepare-data", &[], "");
+    assert!(!ok);
+    assert!(calls.is_empty(), "{calls:?}");
+    assert!(
+        said.contains("(sda) has two partitions labelled data (sda4 and sda7)"),
+        "{said}"
+    );
+    assert_eq!(m.data_link(), None);
 }
 
 #[test]
-fn data_is_mounted_through_the_root_disks_own_link() {
+fn data_is_mounted_from_the_root_disks_own_partition_without_waiting_for_udev() {
     let _t = appliance_qemu_tests::timed!();
     let fstab = render("etc/fstab.j2");
-    let data: Vec<&str> = fstab
+    let data: Vec<Vec<&str>> = fstab
         .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some("/data"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(1) == Some(&"/data"))
         .collect();
     assert_eq!(data.len(), 1, "{fstab}");
-    assert!(data[0].starts_with("/dev/disk/appliance/data "), "{fstab}");
-    let rule = render("usr/lib/udev/rules.d/70-appliance-data.rules.j2");
-    assert!(rule.contains(
-        "ENV{ID_PART_ENTRY_NAME}==\"data\", PROGRAM==\"/usr/lib/appliance/root-disk %k\", SYMLINK+=\"disk/appliance/data\""
-    ), "{rule}");
+    let data = &data[0];
+    assert_eq!(data[0], "/run/appliance/data", "{fstab}");
+    assert!(
+        data[3]
+            .split(',')
+            .any(|o| o == "x-systemd.requires=appliance-prepare-data.service"),
+        "{fstab}"
+    );
+    // prepare-data checks the file system; systemd's fsck unit would wait for udev's device.
+    assert_eq!(data[5], "0", "{fstab}");
     let unit = render("etc/systemd/system/appliance-prepare-data.service.j2");
-    // The seed file is read from the root disk's ESP only, through a link made the same way.
+    assert!(unit.contains("Before=data.mount"), "{unit}");
+    let waits_for: Vec<&str> = unit
+        .lines()
+        .filter(|l| {
+            ["After=", "Wants=", "Requires=", "BindsTo="]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect();
+    assert!(
+        waits_for
+            .iter()
+            .all(|l| !l.contains(".device") && !l.contains("udev")),
+        "no wait for udev or a device: {waits_for:?}"
+    );
+    // The seed file is read from the root disk's ESP only, through a udev link made for that
+    // partition alone; there is no udev link for the data partition any more.
+    let rule = fs::read_to_string(overlay("usr/lib/udev/rules.d/70-appliance-esp.rules")).unwrap();
     assert!(rule.contains(&format!(
         "ENV{{ID_PART_ENTRY_NAME}}==\"{}\", PROGRAM==\"/usr/lib/appliance/root-disk %k\", SYMLINK+=\"disk/appliance/esp\"",
         appliance_spec::layout::LABEL_ESP
     )), "{rule}");
+    assert!(!rule.contains("disk/appliance/data"), "{rule}");
     assert_eq!(
         appliance_admin::paths::MACHINE_ESP_DEVICE,
         "/dev/disk/appliance/esp"
     );
-    assert!(unit.contains("After=dev-disk-appliance-data.device"));
-    assert!(unit.contains("Before=systemd-fsck@dev-disk-appliance-data.service"));
 }

@@ -80,8 +80,13 @@ fn run() -> Result<()> {
             "systemd-analyze critical-chain --no-pager appliance-boot-report.service",
         ),
         (
+            // /data is mounted from a link appliance-prepare-data makes, not from a device
+            // systemd waits for: its chain is that unit's, and the mount's own time is asked.
             "critical chain to /data",
-            "systemd-analyze critical-chain --no-pager data.mount",
+            "systemd-analyze critical-chain --no-pager appliance-prepare-data.service; \
+             u=$(systemctl show -P UserspaceTimestampMonotonic); \
+             d=$(systemctl show -P ActiveEnterTimestampMonotonic data.mount); \
+             echo \"data.mount active $(( (d - u) / 1000 )) ms into userspace\"",
         ),
         (
             "slowest units",

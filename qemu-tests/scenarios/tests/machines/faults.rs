@@ -315,16 +315,16 @@ fn second_disk(b: &Built) -> Result<()> {
     m.wait_for_ssh()?;
     let root_disk = m.step("/data is the data partition of the disk the root came from", |m| {
         let source = m.ssh.sudo("findmnt -n -o SOURCE /data")?;
-        let link = m.ssh.sudo("readlink -f /dev/disk/appliance/data")?;
+        let link = m.ssh.sudo("readlink -f /run/appliance/data")?;
         let root_disk = m.ssh.sudo("/usr/lib/appliance/root-disk")?;
         let (source, link, root_disk) = (source.trim(), link.trim(), root_disk.trim());
         if !disks.iter().any(|(name, _, _)| *name == root_disk) {
             bail!("the system was started from {root_disk}, neither vda nor vdb");
         }
         if !link.starts_with(&format!("/dev/{root_disk}")) || source != link {
-            bail!("/data is mounted from {source}; /dev/disk/appliance/data is {link}; both must be the data partition of {root_disk}, the disk the root came from");
+            bail!("/data is mounted from {source}; /run/appliance/data is {link}; both must be the data partition of {root_disk}, the disk the root came from");
         }
-        say(format!("ok: the root came from {root_disk}; /data is {source} (/dev/disk/appliance/data), on the same disk"));
+        say(format!("ok: the root came from {root_disk}; /data is {source} (/run/appliance/data), on the same disk"));
         Ok(root_disk.to_string())
     })?;
     let console = m.machine().console_log_path();
