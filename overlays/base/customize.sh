@@ -34,8 +34,18 @@ chroot "$R" systemctl enable systemd-networkd.service systemd-resolved.service
 chroot "$R" systemctl mask apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
     e2scrub_all.timer e2scrub_reap.service
 # Device nodes for modules that are not loaded (fuse, tun, loop-control, sound...): the
-# appliance opens none of them, and the unit sits before udev on every boot.
-chroot "$R" systemctl mask kmod-static-nodes.service
+# appliance opens none of them, and the unit sits before udev on every boot. The permissions
+# systemd-tmpfiles-setup-dev sets on those nodes are its only entries (tmpfiles.d's /dev lines);
+# it sat before local-fs-pre.target, so before /data, on every boot. udev's rules still set the
+# permissions of nodes that appear when their module is loaded.
+chroot "$R" systemctl mask kmod-static-nodes.service systemd-tmpfiles-setup-dev.service
+# A package that brings a /dev entry other than permissions (a node or directory to create)
+# needs that unit: stop the build rather than leave it out.
+if cat "$R"/usr/lib/tmpfiles.d/*.conf "$R"/etc/tmpfiles.d/*.conf 2>/dev/null |
+    awk '$1 !~ /^#/ && $2 ~ /^\/dev/ && $1 != "z" { print; found = 1 } END { exit !found }' >&2; then
+    echo "tmpfiles.d creates the /dev entries above: systemd-tmpfiles-setup-dev.service cannot stay masked" >&2
+    exit 1
+fi
 # What systemd would otherwise do on every boot for features the appliance does not use: the
 # kernel's debug, trace, huge-page, FUSE and configfs file systems and the modules behind them,
 # the DRM module logind loads ahead of a display, partitioning by systemd-repart (the data

@@ -52,9 +52,17 @@ fi
 # has none; /var/log is a tmpfs and tmpfiles.d points wtmp/btmp/lastlog at /dev/null anyway).
 sed -i -E 's/^([[:space:]]*session[[:space:]]+optional[[:space:]]+pam_lastlog\.so.*)/# appliance: no login records\n# \1/' \
     "$R/etc/pam.d/login"
-# Every AppArmor profile of the image must compile; a broken one would fail the unit it guards.
-# The compiled policy stays in the verified root, so apparmor.service loads it at boot instead
-# of compiling every profile again (over ten seconds of every boot under emulation). The
+# The apparmor package's own profiles for lsb_release and nvidia-modprobe (neither a service of
+# the appliance, the second not in the image) are disabled the standard way, a link in
+# disable/: each profile loaded costs an apparmor_parser run before sysinit.target at every boot.
+for profile in lsb_release nvidia_modprobe; do
+    if [ -f "$R/etc/apparmor.d/$profile" ]; then
+        ln -sfn "../$profile" "$R/etc/apparmor.d/disable/$profile"
+    fi
+done
+# Every enabled AppArmor profile of the image must compile; a broken one would fail the unit it
+# guards. The compiled policy stays in the verified root, so apparmor.service loads it at boot
+# instead of compiling every profile again (over ten seconds of every boot under emulation). The
 # parser keeps a compiled policy per set of kernel features: usr/lib/appliance/apparmor/
 # kernel-features holds those of the image's kernel, as that kernel reports them. Should a
 # kernel report others, the parser finds no compiled policy for them and compiles at boot, as
@@ -63,7 +71,7 @@ cache=/usr/lib/appliance/apparmor/cache
 rm -rf "$R$cache"
 mkdir -p "$R$cache"
 for profile in "$R"/etc/apparmor.d/*; do
-    if [ -f "$profile" ]; then
+    if [ -f "$profile" ] && [ ! -e "$R/etc/apparmor.d/disable/${profile##*/}" ]; then
         chroot "$R" apparmor_parser --skip-kernel-load --write-cache --cache-loc "$cache" \
             --kernel-features /usr/lib/appliance/apparmor/kernel-features "/etc/apparmor.d/${profile##*/}"
     fi
