@@ -117,6 +117,20 @@ pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
     r.checks
         .push("no KVM, kernel cipher or EFI crash-record module is loaded".into());
 
+    // udev's coldplug at boot replays only the devices whose rules matter on the appliance
+    // (/etc/systemd/system/systemd-udev-trigger.service.d/10-appliance.conf): the serial
+    // console, the network card, the disk and the power button were handled, the 63 virtual
+    // consoles were not.
+    let coldplug = ssh.run_ok(COLDPLUG_PROBE)?;
+    let missed = coldplug_problems(&coldplug);
+    if !missed.is_empty() {
+        bail!("udev's coldplug: {}\n{coldplug}", missed.join("; "));
+    }
+    r.checks.push(
+        "udev's coldplug handled the serial console, network card, disk and power button, not the virtual consoles"
+            .into(),
+    );
+
     // Masked in the image: the kernel's debug and trace file systems expose its internals to
     // root, and nothing on the appliance reads them.
     let mounted = ssh.run_ok("findmnt -rn -o FSTYPE,TARGET -t debugfs,tracefs || true")?;
@@ -267,6 +281,48 @@ fn section(status: &str, heading: &str) -> Vec<String> {
     out
 }
 
+/// Asks udev which devices its coldplug handled: `<sysfs path> <1 if handled, 0 if not>` per
+/// line, then the number of devices tagged `power-switch` (logind powers off on their keys).
+pub const COLDPLUG_PROBE: &str = "for d in /sys/class/tty/ttyS0 /sys/class/tty/tty9 /sys/class/net/en* /sys/class/block/vda; do \
+     printf '%s %s\\n' \"$d\" \"$(udevadm info -q property \"$d\" | grep -c '^USEC_INITIALIZED=')\"; done; \
+     printf 'power-switch %s\\n' \"$(udevadm info --export-db | grep -c '^E: TAGS=.*:power-switch:')\"";
+
+/// What is wrong in [`COLDPLUG_PROBE`]'s answer: a device the appliance needs that udev did
+/// not handle, or a virtual console it did.
+pub fn coldplug_problems(probe: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut seen_net = false;
+    let mut power = 0;
+    for line in probe.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(what), Some(n)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let n: u32 = n.parse().unwrap_or(0);
+        if what == "power-switch" {
+            power = n;
+        } else if what.ends_with("/tty9") {
+            if n != 0 {
+                problems.push(format!(
+                    "{what} was handled (the virtual consoles are left alone)"
+                ));
+            }
+        } else {
+            seen_net |= what.starts_with("/sys/class/net/en");
+            if n == 0 {
+                problems.push(format!("{what} was not handled"));
+            }
+        }
+    }
+    if !seen_net {
+        problems.push("no network card (/sys/class/net/en*)".into());
+    }
+    if power == 0 {
+        problems.push("no device tagged power-switch (the power button)".into());
+    }
+    problems
+}
+
 /// Listening sockets (`ss -Hlntu`) bound beyond loopback on a port not in the lists.
 pub fn unexpected_listeners(ss: &str) -> Vec<String> {
     let mut bad = Vec::new();
@@ -303,6 +359,33 @@ pub fn unexpected_listeners(ss: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coldplug_answers_are_judged() {
+        let good = "/sys/class/tty/ttyS0 1\n/sys/class/tty/tty9 0\n/sys/class/net/enp0s1 1\n\
+                    /sys/class/block/vda 1\npower-switch 2\n";
+        assert!(coldplug_problems(good).is_empty());
+        let all = "/sys/class/tty/ttyS0 1\n/sys/class/tty/tty9 1\n/sys/class/net/enp0s1 1\n\
+                   /sys/class/block/vda 1\npower-switch 2\n";
+        assert_eq!(
+            coldplug_problems(all),
+            ["/sys/class/tty/tty9 was handled (the virtual consoles are left alone)"]
+        );
+        let missed = "/sys/class/tty/ttyS0 0\n/sys/class/tty/tty9 0\n/sys/class/net/en* 0\n\
+                      /sys/class/block/vda 1\npower-switch 0\n";
+        assert_eq!(
+            coldplug_problems(missed),
+            [
+                "/sys/class/tty/ttyS0 was not handled",
+                "/sys/class/net/en* was not handled",
+                "no device tagged power-switch (the power button)",
+            ]
+        );
+        assert_eq!(
+            coldplug_problems("power-switch 1\n"),
+            ["no network card (/sys/class/net/en*)"]
+        );
+    }
 
     #[test]
     fn listeners_beyond_the_list_are_named() {
