@@ -129,6 +129,9 @@ const REQUIREMENTS: &[(&str, &str, bool, &str)] = &[
     ("prosodyctl", "prosody", false, "tests"),
     ("nginx", "nginx-light", false, "tests"),
     ("turnserver", "coturn", false, "tests"),
+    // A TURN client, and a network namespace with a virtual card for it (config_coturn.rs).
+    ("turnutils_uclient", "coturn", false, "tests"),
+    ("ip", "iproute2", false, "tests"),
     ("hocon", "ruby-hocon", false, "tests"),
     ("node", "nodejs", false, "tests"),
     ("apparmor_parser", "apparmor", false, "tests"),

@@ -164,6 +164,62 @@ fn coturn_starts_with_the_config() {
     }
 }
 
+/// At boot coturn may start before the network has an address (DHCP still asking). In a network
+/// namespace of its own with only loopback up, `turnserver` runs on the rendered file (its own
+/// ports; only the pidfile moved) and must keep running; then a network card with an address
+/// arrives, and a TURN client that reaches the server there must get an allocation relayed
+/// from that address.
+#[test]
+fn coturn_started_before_the_network_serves_the_address_that_comes_later() {
+    let turnserver = require("turnserver", "coturn");
+    let uclient = require("turnutils_uclient", "coturn");
+    let unshare = require("unshare", "util-linux");
+    require("ip", "iproute2");
+    let m = Machine::set_up(false);
+    let conf = m.for_this_host("coturn/turnserver.conf");
+    let secret = m.secrets().turn_secret;
+    let pidfile = m.host_dir().join("turnserver-netns.pid");
+    // A virtual network card (a veth pair) with a documentation address, inside the namespace
+    // only: coturn relays from a non-loopback address the machine has at allocation time.
+    let script = format!(
+        "set -u
+         ip link set lo up
+         {turnserver} -c {conf} --pidfile {pidfile} & ts=$!
+         sleep 2
+         if ! kill -0 $ts 2>/dev/null; then wait $ts; echo \"turnserver exited with status $? before the network came\"; exit 1; fi
+         ip link add appl0 type veth peer name appl1 && ip link set appl1 up && ip link set appl0 up
+         ip addr add 203.0.113.7/24 dev appl0
+         timeout 20 {uclient} -v -W '{secret}' -u guest -n 1 -m 1 -l 100 -y 203.0.113.7
+         kill $ts",
+        turnserver = turnserver.display(),
+        conf = conf.display(),
+        pidfile = pidfile.display(),
+        uclient = uclient.display(),
+    );
+    let mut cmd = Command::new(unshare);
+    if !common::is_root() {
+        cmd.arg("--map-root-user");
+    }
+    let out = cmd
+        .args(["--net", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("before the network came"),
+        "coturn needs an address to start:\n{text}"
+    );
+    assert!(
+        text.contains("Received relay addr: 203.0.113.7:"),
+        "no allocation relayed from the address that came after coturn started:\n{text}"
+    );
+}
+
 #[test]
 fn coturn_config_keeps_its_promises() {
     let m = Machine::set_up(true);
@@ -178,6 +234,8 @@ fn coturn_config_keeps_its_promises() {
         "use-auth-secret",
         &format!("static-auth-secret={turn_secret}"),
         &format!("realm={DOMAIN}"),
+        "listening-ip=0.0.0.0",
+        "listening-ip=::",
         "listening-port=3478",
         "tls-listening-port=5349",
         &format!("cert={SPEC_CERT}"),
@@ -199,6 +257,8 @@ fn coturn_config_keeps_its_promises() {
         assert!(lines.contains(&needle), "turnserver.conf lacks {needle}");
     }
     assert!(lines.iter().any(|l| l.starts_with("pidfile=\"/run/")));
+    // The relay address is the one each client reached, not one fixed at start.
+    assert!(!lines.iter().any(|l| l.starts_with("relay-ip")));
     assert!(!lines.iter().any(|l| l.starts_with("syslog")));
     assert!(!lines.iter().any(|l| l.starts_with("allow-loopback-peers")));
 }

@@ -88,6 +88,18 @@ pub fn check(ssh: &Ssh, jitsi: bool) -> Result<HardeningReport> {
     r.checks
         .push("every non-loopback listening socket is in the documented list".into());
 
+    // coturn listens on the wildcard (turnserver.conf's listening-ip), so an address DHCP gives
+    // after coturn started is served too.
+    let missing = coturn_wildcard_missing(&listening);
+    if !missing.is_empty() {
+        bail!(
+            "coturn does not listen on every address: no {}\n{listening}",
+            missing.join(", ")
+        );
+    }
+    r.checks
+        .push("coturn listens on every address, IPv4 and IPv6 (3478/udp, 5349/tcp)".into());
+
     let ruleset = ssh.sudo("nft list ruleset")?;
     for chain in ["input", "forward"] {
         let has_drop = ruleset
@@ -323,6 +335,26 @@ pub fn coldplug_problems(probe: &str) -> Vec<String> {
     problems
 }
 
+/// coturn's wildcard sockets that `ss -Hlntu` does not list: STUN/TURN on 3478/udp and TURN
+/// over TLS on 5349/tcp, each on `0.0.0.0` and on `[::]` (shown as `*` when it takes IPv4 too).
+pub fn coturn_wildcard_missing(ss: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (proto, port) in [("udp", 3478), ("tcp", 5349)] {
+        for (family, hosts) in [("0.0.0.0", &["0.0.0.0"][..]), ("[::]", &["[::]", "*"][..])] {
+            let found = ss.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&proto)
+                    && f.get(4)
+                        .is_some_and(|local| hosts.iter().any(|h| *local == format!("{h}:{port}")))
+            });
+            if !found {
+                missing.push(format!("{family}:{port}/{proto}"));
+            }
+        }
+    }
+    missing
+}
+
 /// Listening sockets (`ss -Hlntu`) bound beyond loopback on a port not in the lists.
 pub fn unexpected_listeners(ss: &str) -> Vec<String> {
     let mut bad = Vec::new();
@@ -384,6 +416,30 @@ mod tests {
         assert_eq!(
             coldplug_problems("power-switch 1\n"),
             ["no network card (/sys/class/net/en*)"]
+        );
+    }
+
+    #[test]
+    fn coturn_on_the_wildcard_is_recognised() {
+        let wildcard = "\
+udp   UNCONN 0 0 0.0.0.0:3478 0.0.0.0:*
+udp   UNCONN 0 0 *:3478 *:*
+tcp   LISTEN 0 5 0.0.0.0:5349 0.0.0.0:*
+tcp   LISTEN 0 5 [::]:5349 [::]:*";
+        assert!(coturn_wildcard_missing(wildcard).is_empty());
+        let discovered = "\
+udp   UNCONN 0 0 10.0.2.15:3478 0.0.0.0:*
+udp   UNCONN 0 0 127.0.0.1:3478 0.0.0.0:*
+tcp   LISTEN 0 5 10.0.2.15:5349 0.0.0.0:*
+tcp   LISTEN 0 5 [fec0::5054:ff:fe12:3456]:5349 [::]:*";
+        assert_eq!(
+            coturn_wildcard_missing(discovered),
+            [
+                "0.0.0.0:3478/udp",
+                "[::]:3478/udp",
+                "0.0.0.0:5349/tcp",
+                "[::]:5349/tcp"
+            ]
         );
     }
 
