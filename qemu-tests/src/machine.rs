@@ -85,8 +85,14 @@ pub struct MachineConfig {
     pub port_forwards: Vec<(u16, u16)>,
     /// More disks, attached after [`MachineConfig::disk`] in this order (vdb, vdc, ...).
     pub extra_disks: Vec<ExtraDisk>,
-    /// Holds the sockets, the UEFI variable store, console.log and qemu-stderr.log.
+    /// Holds the sockets, the UEFI variable store (unless [`MachineConfig::uefi_vars`] names
+    /// one), console.log and qemu-stderr.log.
     pub workdir: PathBuf,
+    /// UEFI only: the machine's own variable store, kept from one start to the next as a real
+    /// machine keeps its NVRAM (made from the firmware's template when the file is missing).
+    /// `None`: a fresh store in `workdir` at every start, so nothing an earlier run wrote
+    /// (boot entries, boot order) influences this one.
+    pub uefi_vars: Option<PathBuf>,
     /// BIOS only: tell SeaBIOS to mirror its screen output (and anything else the boot
     /// loader prints through the BIOS video services, e.g. GRUB's menu) to the serial port.
     /// Without it SeaBIOS prints nothing on serial, since `-display none` has no screen.
@@ -128,6 +134,7 @@ impl MachineConfig {
             port_forwards: Vec::new(),
             extra_disks: Vec::new(),
             workdir: workdir.into(),
+            uefi_vars: None,
             bios_serial_mirror: true,
             metadata_service: None,
             system_vendor: None,
@@ -266,10 +273,19 @@ pub fn qemu_args(
                 }
                 _ => fw.code.clone(),
             };
-            // A fresh variable store each start: boot entries from an earlier run must not
-            // influence this one.
-            let vars = cfg.workdir.join("uefi-vars.fd");
-            copy_padded(&fw.vars_template, &vars, fw.pflash_size)?;
+            let vars = match &cfg.uefi_vars {
+                Some(kept) => {
+                    if !kept.exists() {
+                        copy_padded(&fw.vars_template, kept, fw.pflash_size)?;
+                    }
+                    kept.clone()
+                }
+                None => {
+                    let fresh = cfg.workdir.join("uefi-vars.fd");
+                    copy_padded(&fw.vars_template, &fresh, fw.pflash_size)?;
+                    fresh
+                }
+            };
             push(&[
                 "-drive",
                 &format!(
@@ -793,6 +809,41 @@ mod tests {
         assert!(!args
             .iter()
             .any(|a| a == "-smbios" || a.contains("guestfwd")));
+    }
+
+    #[test]
+    fn a_kept_uefi_variable_store_survives_the_next_start_and_a_fresh_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("d.img");
+        File::create(&disk).unwrap();
+        let template = fs::read("/usr/share/OVMF/OVMF_VARS_4M.fd").unwrap();
+        let pflash_of = |args: &[String]| {
+            args.iter()
+                .find(|a| a.starts_with("if=pflash,format=raw,unit=1,file="))
+                .map(|a| PathBuf::from(a.trim_start_matches("if=pflash,format=raw,unit=1,file=")))
+                .unwrap()
+        };
+        let mut cfg = MachineConfig::new(Arch::X86_64, Firmware::Uefi, &disk, dir.path());
+        let kept = dir.path().join("machine-vars.fd");
+        cfg.uefi_vars = Some(kept.clone());
+        let start = || qemu_args(&cfg, &tcg(Arch::X86_64), Path::new("q"), Path::new("s")).unwrap();
+
+        // First start: made from the template. What the firmware writes stays for the next.
+        assert_eq!(pflash_of(&start()), kept);
+        assert_eq!(fs::read(&kept).unwrap(), template);
+        fs::write(&kept, b"written by the firmware").unwrap();
+        assert_eq!(pflash_of(&start()), kept);
+        assert_eq!(fs::read(&kept).unwrap(), b"written by the firmware");
+
+        // Without a kept store every start gets the template again.
+        cfg.uefi_vars = None;
+        let fresh = pflash_of(
+            &qemu_args(&cfg, &tcg(Arch::X86_64), Path::new("q"), Path::new("s")).unwrap(),
+        );
+        assert_eq!(fresh, dir.path().join("uefi-vars.fd"));
+        fs::write(&fresh, b"written by the firmware").unwrap();
+        qemu_args(&cfg, &tcg(Arch::X86_64), Path::new("q"), Path::new("s")).unwrap();
+        assert_eq!(fs::read(&fresh).unwrap(), template);
     }
 
     #[test]

@@ -47,7 +47,8 @@ pub fn first_and_second_boot(
 /// Boots `img` once per entry of `firmwares`, in order, from one copy-on-write disk grown to
 /// [`GROWN_DISK_BYTES`]: the first boot must grow and format /data and run first-boot work,
 /// every later one must find it done. Booting the same disk under both firmwares shows that
-/// either one starts the machine another one set up.
+/// either one starts the machine another one set up. The UEFI boots keep one variable store,
+/// so a second boot starts as a real machine's does, with the boot entry the firmware made.
 pub fn boots_of_one_disk(
     img: &ImageUnderTest,
     firmwares: &[Firmware],
@@ -69,6 +70,8 @@ pub fn boots_of_one_disk(
         );
         cfg.disk_format = "qcow2".into();
         cfg.snapshot = false;
+        // One machine: its UEFI boots share a variable store, as a real machine's NVRAM.
+        cfg.uefi_vars = Some(workdir.join("uefi-vars.fd"));
         let (machine, report, elapsed) = boot_and_report(&cfg, timeout).with_context(|| {
             format!("{firmware:?} boot {boot} did not reach the readiness marker")
         })?;
