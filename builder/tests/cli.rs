@@ -314,8 +314,7 @@ fn update_push_checks_the_bundle_then_sends_and_applies_it() {
         received = received.display()
     );
     let ssh = bin.join("ssh");
-    std::fs::write(&ssh, script).unwrap();
-    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    appliance_qemu_tests::host::write_program(&ssh, &script).unwrap();
     let path = format!(
         "{}:{}",
         bin.display(),

@@ -147,6 +147,32 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Writes `text` to `path` as an executable program (mode 0755), for stand-ins that tests put
+/// on PATH or hand to QEMU. The file is written by a child process: a file this process holds
+/// open for writing cannot be executed (ETXTBSY) while a child that another thread is starting
+/// still has the descriptor, and a shell that meets ETXTBSY goes on down PATH to the real
+/// program. No thread here inherits a child's descriptors.
+pub fn write_program(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 0755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| spawn_error("sh", e))?;
+    let written = child
+        .stdin
+        .take()
+        .context("no pipe to sh")?
+        .write_all(text.as_bytes());
+    let status = child.wait()?;
+    written.with_context(|| format!("cannot write {}", path.display()))?;
+    if !status.success() {
+        bail!("cannot write {} ({status})", path.display());
+    }
+    Ok(())
+}
+
 /// Whether the process runs as root (mmdebstrap's root mode, loop-free disk writes as root).
 pub fn is_root() -> bool {
     // SAFETY-free check: /proc/self/status has the real and effective uid.
@@ -188,6 +214,38 @@ mod tests {
             format!("{err}").contains("appliance doctor --install"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_written_program_runs_while_other_threads_start_children() {
+        // Other threads keep starting children, as parallel tests do; each program written
+        // here must run at once, not fail with "Text file busy".
+        let dir = tempfile::tempdir().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let starters: Vec<_> = (0..3)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = Command::new("true").status();
+                    }
+                })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for i in 0..150 {
+            let program = dir.path().join(format!("p{i}"));
+            write_program(&program, &format!("#!/bin/sh\necho {i}\n")).unwrap();
+            match Command::new(&program).output() {
+                Ok(out) if out.stdout == format!("{i}\n").as_bytes() => {}
+                other => failures.push(format!("{i}: {other:?}")),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for s in starters {
+            s.join().unwrap();
+        }
+        assert!(failures.is_empty(), "{failures:?}");
     }
 
     #[test]

@@ -198,8 +198,7 @@ impl Machine {
 }
 
 fn stub(path: &Path, body: &str) {
-    fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    appliance_qemu_tests::host::write_program(path, &format!("#!/bin/sh\n{body}")).unwrap();
 }
 
 fn formatted(calls: &[String]) -> bool {

@@ -3,10 +3,9 @@
 //! runs a small script that records the request line and answers with SSH public keys, as
 //! Hetzner's `/hetzner/v1/metadata/public-keys` does (a YAML list).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 pub struct MetadataStandIn {
     /// The program QEMU runs for each guest connection.
@@ -33,9 +32,7 @@ impl MetadataStandIn {
              printf 'HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: %d\\r\\n\\r\\n%s' \"${{#body}}\" \"$body\"\n",
             log = log.display(),
         );
-        std::fs::write(&program, script)
-            .with_context(|| format!("cannot write {}", program.display()))?;
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))?;
+        appliance_qemu_tests::host::write_program(&program, &script)?;
         let _ = std::fs::remove_file(&log);
         Ok(MetadataStandIn { program, log })
     }
