@@ -51,14 +51,15 @@ pub struct UefiFirmware {
 }
 
 impl UefiFirmware {
+    /// The firmware a machine of `arch` starts with. For x86_64, OVMF's 2 MiB build where the
+    /// host has it (Debian 12's ovmf): under TCG it reaches the kernel about a second sooner
+    /// than the 4 MiB build (docs/benchmarks.md), which newer releases ship alone.
     pub fn for_arch(arch: Arch) -> UefiFirmware {
         match arch {
-            Arch::X86_64 => UefiFirmware {
-                code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
-                vars_template: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
-                package: "ovmf",
-                pflash_size: None,
-            },
+            Arch::X86_64 => Self::first_installed(vec![
+                Self::ovmf("OVMF_CODE.fd", "OVMF_VARS.fd"),
+                Self::ovmf("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
+            ]),
             Arch::Arm64 => UefiFirmware {
                 code: "/usr/share/AAVMF/AAVMF_CODE.fd".into(),
                 vars_template: "/usr/share/AAVMF/AAVMF_VARS.fd".into(),
@@ -66,6 +67,25 @@ impl UefiFirmware {
                 pflash_size: Some(64 << 20),
             },
         }
+    }
+
+    fn ovmf(code: &str, vars: &str) -> UefiFirmware {
+        UefiFirmware {
+            code: Path::new("/usr/share/OVMF").join(code),
+            vars_template: Path::new("/usr/share/OVMF").join(vars),
+            package: "ovmf",
+            pflash_size: None,
+        }
+    }
+
+    /// The first of `choices` whose two files are present; the last if none is, so that the
+    /// error names what the current package ships.
+    fn first_installed(mut choices: Vec<UefiFirmware>) -> UefiFirmware {
+        let at = choices
+            .iter()
+            .position(|f| f.code.is_file() && f.vars_template.is_file())
+            .unwrap_or(choices.len() - 1);
+        choices.swap_remove(at)
     }
 }
 
@@ -750,6 +770,32 @@ mod tests {
     }
 
     #[test]
+    fn the_first_firmware_with_both_files_is_taken_and_the_last_named_when_none_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let fw = |name: &str| UefiFirmware {
+            code: dir.path().join(format!("{name}_CODE.fd")),
+            vars_template: dir.path().join(format!("{name}_VARS.fd")),
+            package: "ovmf",
+            pflash_size: None,
+        };
+        let choices = || vec![fw("small"), fw("large")];
+        assert_eq!(UefiFirmware::first_installed(choices()), fw("large"));
+        for f in ["large_CODE.fd", "large_VARS.fd", "small_CODE.fd"] {
+            File::create(dir.path().join(f)).unwrap();
+        }
+        // The small build's variable store is missing: it is not taken.
+        assert_eq!(UefiFirmware::first_installed(choices()), fw("large"));
+        File::create(dir.path().join("small_VARS.fd")).unwrap();
+        assert_eq!(UefiFirmware::first_installed(choices()), fw("small"));
+        // This host's choice is one whose files exist.
+        let host = UefiFirmware::for_arch(Arch::X86_64);
+        assert!(
+            host.code.is_file() && host.vars_template.is_file(),
+            "{host:?}"
+        );
+    }
+
+    #[test]
     fn bios_x86_args() {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("d.img");
@@ -816,7 +862,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("d.img");
         File::create(&disk).unwrap();
-        let template = fs::read("/usr/share/OVMF/OVMF_VARS_4M.fd").unwrap();
+        let template = fs::read(UefiFirmware::for_arch(Arch::X86_64).vars_template).unwrap();
         let pflash_of = |args: &[String]| {
             args.iter()
                 .find(|a| a.starts_with("if=pflash,format=raw,unit=1,file="))
