@@ -70,7 +70,6 @@ pub fn boots_of_one_disk(
         );
         cfg.disk_format = "qcow2".into();
         cfg.snapshot = false;
-        // One machine: its UEFI boots share a variable store, as a real machine's NVRAM.
         cfg.uefi_vars = Some(workdir.join("uefi-vars.fd"));
         let (machine, report, elapsed) = boot_and_report(&cfg, timeout).with_context(|| {
             format!("{firmware:?} boot {boot} did not reach the readiness marker")
